@@ -1,0 +1,49 @@
+"""Errors raised for everything a user can get wrong.
+
+Every error is a :class:`DefconError` and also subclasses the matching built-in
+exception, so ``except ValueError`` or ``except FileNotFoundError`` keep working.
+Messages name the file, the field and what was expected.
+"""
+
+
+class DefconError(Exception):
+    """Base class of every error defcon raises on purpose."""
+
+
+class MissingFileError(DefconError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
+
+
+class UnsupportedFileError(DefconError, ValueError):
+    """A file exists but is of a type or layout defcon cannot read."""
+
+
+class GroundTruthError(DefconError, ValueError):
+    """A frame-logger CSV or DataFrame is malformed or does not fit its stack."""
+
+
+class ShapeMismatchError(DefconError, ValueError):
+    """Arrays or datasets that must agree in shape do not."""
+
+
+class TrainingSetError(DefconError, ValueError):
+    """An HDF5 file is not a TrainingSet, or an operation on it is not allowed."""
+
+
+class DuplicateNameError(TrainingSetError, KeyError):
+    """A dataset of that name already exists in the TrainingSet."""
+
+    def __str__(self):  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(DefconError, ValueError):
+    """A training configuration file has a wrong key, value, type or path."""
+
+
+class ModelFileError(DefconError, ValueError):
+    """A file is not a model defcon can load, or its contents are inconsistent."""
+
+
+class IntegrityError(ModelFileError):
+    """A packaged file does not match its recorded checksum, or a path is unsafe."""

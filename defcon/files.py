@@ -1,0 +1,77 @@
+"""Small file helpers shared by every writer: atomic writes and checksums."""
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import MissingFileError
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=None):
+    """Yield a temporary path beside ``path``; rename it to ``path`` on success.
+
+    If the block raises (including ``KeyboardInterrupt``), the temporary file or
+    folder is removed and an existing ``path`` is left untouched.
+
+    Parameters
+    ----------
+    path : str or Path
+        The final file name.
+    suffix : str, optional
+        Suffix of the temporary name (default: the suffix of ``path``, so that
+        libraries choosing a format by extension still see the right one).
+
+    Yields
+    ------
+    Path
+        A name in the same folder that does not exist yet.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix if suffix is None else suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path):
+    if path.is_dir() and not path.is_symlink():
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def existing_file(path, what="file"):
+    """Return ``path`` as a Path, raising :class:`MissingFileError` if it is absent.
+
+    Parameters
+    ----------
+    path : str or Path
+    what : str
+        What the file is, for the message (e.g. ``"TIFF stack"``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"{path}: {what} not found")
+    return path
+
+
+def sha256_file(path, chunk_size=1 << 20):
+    """Return the hexadecimal SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,239 @@
+"""FCN: the DEFCoN network as a Keras model, and what users do with it.
+
+``FCN`` *is* the Keras model (a functional ``keras.Model`` subclass), so
+``fit``, ``predict``, ``summary`` and ``save`` work as usual. It adds loading
+from every file kind a DEFCoN user has (:meth:`FCN.from_file`).
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+
+from . import models
+from .errors import ModelFileError, UnsupportedFileError
+from .files import existing_file
+
+log = logging.getLogger(__name__)
+
+
+@keras.saving.register_keras_serializable(package="defcon")
+class FCN(keras.Model):
+    """The DEFCoN fully convolutional network.
+
+    Parameters
+    ----------
+    inputs, outputs : KerasTensor, optional
+        A layer graph (used by Keras when loading); by default the DEFCoN graph
+        of :func:`defcon.models.defcon_graph` is built.
+    output : {'seg', 'density', 'both'}
+        Which map the new network returns (ignored when ``inputs`` is given).
+    dropout_rate : float
+        Rate of the dropout layers (training only).
+    seed : int, optional
+        Seed of the initialisers and dropout layers.
+    **kwargs
+        Passed to ``keras.Model`` (e.g. ``name``).
+
+    Examples
+    --------
+    >>> model = FCN(output="density", seed=0)
+    >>> model.predict(np.zeros((1, 64, 48, 1), "float32"), verbose=0).shape
+    (1, 64, 48, 1)
+    """
+
+    def __init__(self, inputs=None, outputs=None, output="density", dropout_rate=0.5,
+                 seed=None, **kwargs):
+        if inputs is None:
+            inputs, outputs = models.defcon_graph(output, dropout_rate=dropout_rate, seed=seed)
+        kwargs.setdefault("name", "defcon")
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+    @property
+    def output_kind(self):
+        """'seg', 'density', 'both' or 'max_count': what the network returns."""
+        if len(self.outputs) == 2:
+            return "both"
+        names = {layer.name for layer in self.layers}
+        if "max_local_count" in names:
+            return "max_count"
+        return "density" if "density" in names else "seg"
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_file(cls, path, output=None):
+        """Load a network from any file a DEFCoN user may have.
+
+        Accepted: ``.keras`` files saved by defcon (loaded in Keras safe mode: no
+        code from the file runs); original DEFCoN Keras 2 HDF5 models such as
+        ``defcon_tf13.h5`` (weights read by layer name; the stored Lambda is
+        never unmarshalled); weights-only HDF5 files written by Keras
+        checkpoints (``*.weights.h5`` of Keras 3, or Keras 2 ``save_weights``).
+
+        Parameters
+        ----------
+        path : str or Path
+        output : {'seg', 'density', 'both'}, optional
+            Rebuild the network with this output (default: what the file holds).
+
+        Returns
+        -------
+        FCN
+
+        Raises
+        ------
+        MissingFileError
+            The file does not exist.
+        ModelFileError
+            The file is not a DEFCoN model or its weights do not fit.
+        """
+        path = existing_file(path, "model file")
+        if path.suffix == ".keras":
+            model = _load_keras_file(path)
+        elif h5py.is_hdf5(path):
+            model = _load_hdf5(path, output)
+        else:
+            raise UnsupportedFileError(
+                f"{path}: not a model file (expected a .keras file or a Keras HDF5 "
+                "model or weights file)")
+        if output is not None and model.output_kind != output:
+            model = model.with_output(output)
+        return model
+
+    def density_to_max_count(self, pool=(7, 7), strides=(1, 1)):
+        """Return the max-local-count model built on this density network.
+
+        The density map goes through average pooling times the pool area (the
+        emitter count in every ``pool`` box, 'valid') and a global maximum, as
+        in DEFCoN. The new model shares this one's weights.
+
+        Parameters
+        ----------
+        pool : tuple of int
+            Box (height, width) in pixels.
+        strides : tuple of int
+            Box step.
+
+        Returns
+        -------
+        FCN
+            Input ``(batch, H, W, 1)``, output ``(batch, 1)``; H and W at least
+            the pool size.
+        """
+        density = FCN(output="density", name=self.name)
+        _copy_weights_by_name(self, density)
+        count = models.MaxLocalCount(pool, strides, name="max_local_count")(density.output)
+        return FCN(inputs=density.input, outputs=count, name=f"{self.name}_max_count")
+
+    def with_output(self, output):
+        """Return a new FCN sharing this one's weights, with another output.
+
+        Parameters
+        ----------
+        output : {'seg', 'density', 'both'}
+        """
+        new = FCN(output=output, name=self.name)
+        _copy_weights_by_name(self, new)
+        return new
+
+
+def _load_keras_file(path):
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as err:  # Keras raises many kinds; all mean "not loadable"
+        raise ModelFileError(f"{path}: cannot load as a defcon .keras model: {err}") from err
+    if not isinstance(model, FCN):
+        raise ModelFileError(f"{path}: holds a {type(model).__name__}, not a defcon FCN")
+    return model
+
+
+def _weight_groups(path):
+    """Map layer name -> list of weight arrays for Keras-2-style HDF5 files.
+
+    Returns None when the file is not organised by layer name.
+    """
+    with h5py.File(path, "r") as f:
+        root = f["model_weights"] if "model_weights" in f else f
+        if "layer_names" not in root.attrs:
+            return None
+        weights = {}
+        for raw in root.attrs["layer_names"]:
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            group = root[name]
+            names = [n.decode() if isinstance(n, bytes) else str(n)
+                     for n in group.attrs.get("weight_names", [])]
+            if names:
+                weights[name] = {n.split("/")[-1].split(":")[0]: group[n][()] for n in names}
+        return weights
+
+
+def _keras_layer_names(path):
+    """Layer names stored in a Keras 2 / legacy HDF5 model config, if any."""
+    with h5py.File(path, "r") as f:
+        config = f.attrs.get("model_config")
+    if config is None:
+        return None
+    if isinstance(config, bytes):
+        config = config.decode()
+    try:
+        return [layer["config"]["name"] for layer in json.loads(config)["config"]["layers"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _load_hdf5(path, output):
+    by_name = _weight_groups(path)
+    if by_name is None:
+        return _load_keras3_weights(path, output)
+    known = set(models.SEGMENTATION_LAYER_NAMES + models.DENSITY_LAYER_NAMES)
+    if not known & set(by_name):
+        raise ModelFileError(f"{path}: no DEFCoN layers found (expected layers named "
+                             f"{', '.join(models.SEGMENTATION_LAYER_NAMES[:3])}, ...)")
+    has_density = set(models.DENSITY_LAYER_NAMES) <= set(by_name)
+    model = FCN(output="density" if has_density else "seg", name=path.stem)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if layer.name not in by_name:
+            raise ModelFileError(f"{path}: no weights for layer '{layer.name}'")
+        stored = by_name[layer.name]
+        arrays = [stored.get("kernel")] + ([stored.get("bias")] if len(layer.weights) == 2 else [])
+        expected = [tuple(w.shape) for w in layer.weights]
+        if any(a is None for a in arrays) or [a.shape for a in arrays] != expected:
+            found = {k: v.shape for k, v in stored.items()}
+            raise ModelFileError(f"{path}: layer '{layer.name}' has weights {found}, "
+                                 f"expected kernel/bias of shapes {expected}")
+        layer.set_weights(arrays)
+    names = _keras_layer_names(path)
+    if names and "hist_norm" not in names:
+        log.warning("%s: the stored model has no 'hist_norm' layer; defcon normalises "
+                    "every frame anyway", path)
+    return model
+
+
+def _load_keras3_weights(path, output):
+    with h5py.File(path, "r") as f:
+        if "layers" not in f:
+            raise ModelFileError(f"{path}: an HDF5 file, but not a Keras model or weights file")
+        n_layers = sum(1 for group in f["layers"].values() if len(group.get("vars", ())))
+    n_seg = len(models.SEGMENTATION_LAYER_NAMES)
+    n_all = n_seg + len(models.DENSITY_LAYER_NAMES)
+    if n_layers not in (n_seg, n_all):
+        raise ModelFileError(f"{path}: {n_layers} layers with weights; a DEFCoN network has "
+                             f"{n_seg} (segmentation) or {n_all} (full)")
+    model = FCN(output="seg" if n_layers == n_seg else "density", name=path.stem.split(".")[0])
+    try:
+        model.load_weights(path)
+    except Exception as err:  # Keras reports mismatches with assorted exception types
+        raise ModelFileError(f"{path}: weights do not fit the DEFCoN network: {err}") from err
+    return model
+
+
+def _copy_weights_by_name(source, target):
+    source_layers = {layer.name: layer for layer in source.layers}
+    for layer in target.layers:
+        if layer.weights and layer.name in source_layers:
+            layer.set_weights(source_layers[layer.name].get_weights())
