@@ -29,6 +29,8 @@ class FCN(keras.Model):
     inputs, outputs : KerasTensor, optional
         A layer graph (used by Keras when loading); by default the DEFCoN graph
         of :func:`defcon.models.defcon_graph` is built.
+    name : str
+        The model's name.
     output : {'seg', 'density', 'both'}
         Which map the new network returns (ignored when ``inputs`` is given).
     dropout_rate : float
@@ -36,7 +38,7 @@ class FCN(keras.Model):
     seed : int, optional
         Seed of the initialisers and dropout layers.
     **kwargs
-        Passed to ``keras.Model`` (e.g. ``name``).
+        Passed to ``keras.Model``.
 
     Examples
     --------
@@ -45,12 +47,13 @@ class FCN(keras.Model):
     (1, 64, 48, 1)
     """
 
-    def __init__(self, inputs=None, outputs=None, output="density", dropout_rate=0.5,
-                 seed=None, **kwargs):
+    # The positional arguments mirror keras Functional's, so Keras serialises
+    # FCN as a functional model (the layer graph), whatever its output.
+    def __init__(self, inputs=None, outputs=None, name="defcon", *, output="density",
+                 dropout_rate=0.5, seed=None, **kwargs):
         if inputs is None:
             inputs, outputs = models.defcon_graph(output, dropout_rate=dropout_rate, seed=seed)
-        kwargs.setdefault("name", "defcon")
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
 
     @property
     def output_kind(self):
