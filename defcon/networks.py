@@ -131,6 +131,36 @@ class FCN(keras.Model):
         count = models.MaxLocalCount(pool, strides, name="max_local_count")(density.output)
         return FCN(inputs=density.input, outputs=count, name=f"{self.name}_max_count")
 
+    # ------------------------------------------------------------- prediction
+    def predict_tiff(self, input_file, index=None, batch_size=None, output=None, progress=False):
+        """Predict density maps for a TIFF stack, streaming it in chunks.
+
+        See :func:`defcon.predict.predict_tiff` for the parameters.
+        """
+        from .predict import predict_tiff
+
+        return predict_tiff(self, input_file, index=index, batch_size=batch_size,
+                            output=output, progress=progress)
+
+    def predict_stack(self, stack, batch_size=None):
+        """Predict density maps for frames in memory, any frame size.
+
+        See :func:`defcon.predict.predict_stack` for the parameters.
+        """
+        from .predict import predict_stack
+
+        return predict_stack(self, stack, batch_size=batch_size)
+
+    # ----------------------------------------------------------------- export
+    def save_tf_model(self, export_dir="tf_model", division=None):
+        """Save a SavedModel that TensorFlow 1.x runtimes (DEFCoN-ImageJ) load.
+
+        See :func:`defcon.export.save_tf1_model` for the parameters.
+        """
+        from .export import save_tf1_model
+
+        return save_tf1_model(self, export_dir, division=division)
+
     def with_output(self, output):
         """Return a new FCN sharing this one's weights, with another output.
 
