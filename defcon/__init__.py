@@ -12,7 +12,7 @@ _LAZY = {
     "TrainingSet": ("defcon.datasets", "TrainingSet"),
     "compact_set": ("defcon.datasets", "compact_set"),
     "FCN": ("defcon.networks", "FCN"),
-    "train": ("defcon.train", "train"),
+    "train": ("defcon.train", None),
 }
 
 
@@ -21,5 +21,7 @@ def __getattr__(name):
         import importlib
 
         module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
+        module = importlib.import_module(module)
+        # defcon.train is a callable module: `defcon.train(config)` trains.
+        return module if attr is None else getattr(module, attr)
     raise AttributeError(f"module 'defcon' has no attribute {name!r}")

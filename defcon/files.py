@@ -21,8 +21,8 @@ def atomic_path(path, suffix=None):
     path : str or Path
         The final file name.
     suffix : str, optional
-        Suffix of the temporary name (default: the suffix of ``path``, so that
-        libraries choosing a format by extension still see the right one).
+        Suffix of the temporary name (default: all suffixes of ``path``, e.g.
+        ``.weights.h5``, so libraries choosing a format by name still see it).
 
     Yields
     ------
@@ -31,8 +31,9 @@ def atomic_path(path, suffix=None):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + suffix, dir=path.parent)
+    suffix = "".join(path.suffixes) if suffix is None else suffix
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
     os.unlink(tmp)
     tmp = Path(tmp)

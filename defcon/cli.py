@@ -1,0 +1,183 @@
+"""The ``defcon`` command: one subcommand per step of the workflow.
+
+Run ``defcon --help`` or ``defcon SUBCOMMAND --help``. Errors print one line
+and exit non-zero; ``--debug`` shows the traceback.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+# Before TensorFlow is imported anywhere: its C++ start-up chatter is not for users.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from . import __version__  # noqa: E402
+from .errors import DefconError  # noqa: E402
+
+log = logging.getLogger("defcon")
+
+EPILOG = """workflow:
+  defcon simulate --out sim/                      simulated stack + frame logger
+  defcon build training.h5 sim/stack.tif sim/frame_logger.csv --name sim
+  defcon compact training.h5 compact.h5 --shuffle --augment
+  defcon train configs/quickstart.ini             two-stage training
+  defcon predict model.keras stack.tif --counts counts.csv
+  defcon export model.keras --fiji Fiji.app/plugins
+  defcon demo                                     all of the above on built-in defaults
+"""
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _add_simulate(sub):
+    p = sub.add_parser("simulate", help="simulate an SMLM stack and its frame logger",
+                       description="Simulate a PALM/STORM acquisition (SASS-like): writes "
+                       "OUT/stack.tif (uint16) and OUT/frame_logger.csv (frame,id,x,y,z,"
+                       "brightness; frames 1-based, x/y in pixels).")
+    p.add_argument("--frames", type=_positive_int, default=1000, help="number of frames (1000)")
+    p.add_argument("--height", type=_positive_int, default=64, help="frame height in pixels (64)")
+    p.add_argument("--width", type=_positive_int, default=64, help="frame width in pixels (64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(run=_run_simulate)
+
+
+def _run_simulate(args):
+    from .simulate import simulate
+
+    summary = simulate(args.out, args.frames, args.height, args.width, seed=args.seed,
+                       progress=True)
+    print(_format_summary("simulated", summary))
+
+
+def _add_build(sub):
+    p = sub.add_parser("build", help="add a stack and its ground truth to a TrainingSet",
+                       description="Add a TIFF stack and its frame-logger CSV to a TrainingSet "
+                       "(created if missing) as input/NAME, target/NAME and seg_map/NAME.")
+    p.add_argument("training_set", help="TrainingSet HDF5 file (created if missing)")
+    p.add_argument("stack", help="TIFF stack (frames, H, W)")
+    p.add_argument("ground_truth", help="frame-logger CSV (frame,id,x,y,z,brightness)")
+    p.add_argument("--name", help="dataset name (default: the stack's folder or file name)")
+    p.add_argument("--sigma", type=float, default=1.0,
+                   help="std of each emitter's Gaussian in pixels (1.0)")
+    p.add_argument("--brightness-threshold", type=float, default=250,
+                   help="emitters at or below this brightness are not counted (250)")
+    p.add_argument("--seg-threshold", type=float, default=0.03,
+                   help="density above which a pixel is foreground (0.03)")
+    p.add_argument("--kernel", choices=("integrated", "sampled"), default="integrated",
+                   help="Gaussian integrated over pixels, or sampled at pixel centres as in "
+                   "the original DEFCoN (integrated)")
+    p.set_defaults(run=_run_build)
+
+
+def _run_build(args):
+    from pathlib import Path
+
+    from .datasets import TrainingSet
+
+    name = args.name or _default_name(Path(args.stack))
+    with TrainingSet(args.training_set) as ts:
+        ts.add_dataset(name, args.stack, args.ground_truth,
+                       brightness_threshold=args.brightness_threshold, sigma=args.sigma,
+                       seg_threshold=args.seg_threshold, kernel=args.kernel, progress=True)
+        ts.summary()
+
+
+def _default_name(stack_path):
+    return stack_path.parent.name if stack_path.stem == "stack" else stack_path.stem
+
+
+def _add_compact(sub):
+    p = sub.add_parser("compact", help="merge a TrainingSet into one shuffled, augmented set",
+                       description="Merge every dataset of a TrainingSet into input/input, "
+                       "target/target and seg_map/seg_map, streaming.")
+    p.add_argument("training_set", help="TrainingSet HDF5 file")
+    p.add_argument("output", help="compact HDF5 file to write")
+    p.add_argument("--shuffle", action="store_true", help="shuffle frames (aligned in all groups)")
+    p.add_argument("--augment", action="store_true",
+                   help="random brightness per input frame, 10**U(-0.5, 1), clipped to [0, 1]")
+    p.add_argument("--seed", type=int, default=None, help="seed of shuffle and augmentation")
+    p.set_defaults(run=_run_compact)
+
+
+def _run_compact(args):
+    from .datasets import compact_set
+
+    path = compact_set(args.training_set, args.output, shuffle=args.shuffle,
+                       augment=args.augment, seed=args.seed, progress=True)
+    print(f"wrote {path}")
+    _print_info(path)
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train a DEFCoN network from an .ini file",
+                       description="Two-stage training (segmentation, then density) from a "
+                       "DEFCoN .ini file; same as `python -m defcon.train CONFIG`.")
+    p.add_argument("config", help="training configuration (.ini); see configs/default.ini")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args):
+    from .train import train
+
+    result = train(args.config)
+    print(f"model: {result['model']}")
+
+
+def _add_info(sub):
+    p = sub.add_parser("info", help="describe a TrainingSet, compact set or model",
+                       description="Print a summary of a defcon file.")
+    p.add_argument("file", help="HDF5 training set, .keras/.h5 model")
+    p.set_defaults(run=lambda args: _print_info(args.file))
+
+
+def _print_info(path):
+    from .info import describe
+
+    print(describe(path))
+
+
+def _format_summary(verb, summary):
+    return f"{verb}: " + ", ".join(f"{key} {value}" for key, value in summary.items())
+
+
+def build_parser():
+    """The argument parser of the ``defcon`` command."""
+    parser = argparse.ArgumentParser(
+        prog="defcon", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Count fluorescent emitters in SMLM stacks with DEFCoN density networks.")
+    parser.add_argument("--version", action="version", version=f"defcon {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_simulate, _add_build, _add_compact, _add_train, _add_info):
+        add(sub)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``defcon`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(levelname)s: %(message)s")
+    try:
+        args.run(args)
+    except DefconError as err:
+        if args.debug:
+            raise
+        print(f"defcon {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"defcon {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,472 @@
+"""Training sets: HDF5 files of network inputs, density targets and segmentation maps.
+
+A :class:`TrainingSet` holds three groups, ``input/``, ``target/`` and
+``seg_map/``, with one dataset per source under the same name in each group.
+:func:`compact_set` merges them into one shuffled, augmented set for training.
+Everything streams: frames are read and written in chunks, so stacks and sets
+may be larger than RAM.
+"""
+
+import datetime
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import __version__, groundtruth
+from .errors import (DuplicateNameError, MissingFileError, ShapeMismatchError, TrainingSetError,
+                     UnsupportedFileError)
+from .files import atomic_path, existing_file, sha256_file
+from .tiffio import TiffStack, is_tiff, to_float
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("input", "target", "seg_map")
+#: Root attribute that marks an HDF5 file as a TrainingSet.
+MARKER = "defcon_training_set"
+#: Prefix of datasets still being written; they become visible when renamed.
+PARTIAL = ".partial-"
+#: Bytes of float32 frames processed at once when streaming.
+CHUNK_BYTES = 32 << 20
+#: Brightness augmentation factor is 10**U(low, high), as in DEFCoN.
+AUGMENT_LOG10_RANGE = (-0.5, 1.0)
+
+
+def _frames_per_chunk(height, width):
+    return max(1, CHUNK_BYTES // (4 * height * width))
+
+
+def _provenance(**extra):
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return {"defcon_version": __version__, "created": now,
+            **{k: v for k, v in extra.items() if v is not None}}
+
+
+class TrainingSet(h5py.File):
+    """An HDF5 file holding a DEFCoN training set.
+
+    Opening creates the groups ``input/``, ``target/`` and ``seg_map/`` in a new
+    or empty file. Datasets are ``(frames, H, W, 1)`` float32 for inputs and
+    targets and uint8 for segmentation maps, chunked one frame per chunk.
+
+    Parameters
+    ----------
+    name : str or Path
+        The HDF5 file.
+    mode : str
+        As for ``h5py.File``; default ``'a'`` (read/write, create if missing).
+    **kwargs
+        Passed to ``h5py.File``.
+
+    Raises
+    ------
+    UnsupportedFileError
+        The file exists but is not HDF5.
+    TrainingSetError
+        The file is an HDF5 file with other contents.
+
+    Examples
+    --------
+    >>> with TrainingSet("training.h5") as ts:
+    ...     ts.add_dataset("sim1", "sim1/stack.tif", "sim1/frame_logger.csv")
+    ...     ts.summary()
+    """
+
+    def __init__(self, name, mode="a", **kwargs):
+        path = Path(name)
+        if mode in ("r", "r+") and not path.exists():
+            raise MissingFileError(f"{path}: training set not found")
+        if path.exists() and path.stat().st_size and not h5py.is_hdf5(path):
+            raise UnsupportedFileError(f"{path}: not an HDF5 file, so not a TrainingSet")
+        super().__init__(name, mode, **kwargs)
+        try:
+            self._check_layout(path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_layout(self, path):
+        is_new = len(self.keys()) == 0 and MARKER not in self.attrs
+        if not is_new and (MARKER not in self.attrs or not all(g in self for g in GROUPS)):
+            found = ", ".join(sorted(self.keys())) or "no groups"
+            raise TrainingSetError(
+                f"{path}: not a defcon TrainingSet (expected groups input/, target/, seg_map/ "
+                f"and the '{MARKER}' attribute; found {found})")
+        if self.mode == "r":
+            return
+        if is_new:
+            self.attrs[MARKER] = __version__
+            for group in GROUPS:
+                self.require_group(group)
+        self._remove_partial()
+
+    def _remove_partial(self):
+        """Delete datasets left half-written by an interrupted process."""
+        for group in GROUPS:
+            for name in [n for n in self[group] if n.startswith(PARTIAL)]:
+                log.warning("%s: removing incomplete dataset %s/%s", self.filename, group, name)
+                del self[group][name]
+
+    # ------------------------------------------------------------------ reading
+    def names(self, group="input"):
+        """Names of the complete datasets in ``group``, sorted."""
+        return sorted(n for n in self[group] if not n.startswith(PARTIAL))
+
+    def lengths(self):
+        """Number of frames of every dataset, by group.
+
+        Returns
+        -------
+        dict
+            ``{group: {name: n_frames}}`` for the groups input, target, seg_map.
+        """
+        return {g: {n: self[g][n].shape[0] for n in self.names(g)} for g in GROUPS}
+
+    def summary(self):
+        """Print the tree of groups and datasets with their shapes and dtypes."""
+        print(self._tree())
+
+    def _tree(self):
+        lines = []
+        for group in GROUPS:
+            lines.append(f"{group}/")
+            for name in self.names(group):
+                data = self[group][name]
+                lines.append(f"    {name}: shape = {data.shape}, dtype = {data.dtype}")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        if not self:
+            return "<closed defcon TrainingSet>"
+        counts = ", ".join(f"{g}: {len(self.names(g))}" for g in GROUPS)
+        return f"<defcon TrainingSet '{self.filename}' ({counts}) mode '{self.mode}'>"
+
+    # ------------------------------------------------------------------ writing
+    def add_dataset(self, name, input_file, ground_truth, brightness_threshold=250, sigma=1.0,
+                    seg_threshold=0.03, kernel="integrated", progress=False):
+        """Add a TIFF stack with its frame-logger ground truth as ``name``.
+
+        Writes ``input/name`` (the stack scaled to [0, 1]), ``target/name`` (the
+        density map) and ``seg_map/name`` (density > ``seg_threshold``), in
+        chunks. All or nothing: on any error, including ``KeyboardInterrupt``,
+        none of the three datasets stays and the others are untouched.
+
+        Parameters
+        ----------
+        name : str
+            Dataset name, the same in every group.
+        input_file : str or Path
+            TIFF stack, ``(frames, H, W)``.
+        ground_truth : str, Path or pandas.DataFrame
+            Frame-logger CSV (``frame,id,x,y,z,brightness``; frames 1-based).
+        brightness_threshold : float
+            Emitters at or below this brightness are not counted.
+        sigma : float
+            Standard deviation of each emitter's Gaussian, in pixels.
+        seg_threshold : float
+            Density above which a pixel is foreground in the segmentation map.
+        kernel : {'integrated', 'sampled'}
+            How the Gaussian is discretised (see :func:`defcon.groundtruth.density_stack`).
+        progress : bool
+            Show a progress bar.
+
+        Raises
+        ------
+        DuplicateNameError, GroundTruthError, UnsupportedFileError, MissingFileError
+        """
+        self._check_new_name(name)
+        with TiffStack(input_file) as stack:
+            n_frames, height, width = stack.shape
+            truth = groundtruth.read_ground_truth(ground_truth, n_frames, height, width)
+            params = dict(brightness_threshold=brightness_threshold, sigma=sigma,
+                          seg_threshold=seg_threshold, kernel=kernel)
+            source = _provenance(source_file=str(Path(input_file).resolve()),
+                                 source_sha256=sha256_file(stack.path),
+                                 ground_truth=_describe_ground_truth(ground_truth), **params)
+            with self._writing(name, ("input", "target", "seg_map"), stack.shape) as out:
+                bar = tqdm(total=n_frames, unit="frame", desc=f"adding {name}",
+                           disable=not progress)
+                for start, frames in stack.chunks(_frames_per_chunk(height, width)):
+                    stop = start + len(frames)
+                    density = groundtruth.density_stack(
+                        truth, n_frames, height, width, sigma=sigma,
+                        brightness_threshold=brightness_threshold, kernel=kernel,
+                        frame_range=(start, stop))
+                    out["input"][start:stop] = to_float(frames)[..., None]
+                    out["target"][start:stop] = density[..., None]
+                    out["seg_map"][start:stop] = groundtruth.segmentation_stack(
+                        density, seg_threshold)[..., None]
+                    bar.update(len(frames))
+                bar.close()
+                for data in out.values():
+                    data.attrs.update(source)
+
+    def add_input(self, input_file, name=None, input_dataset=None, progress=False):
+        """Add network inputs only, from a TIFF stack or an HDF5 dataset.
+
+        Parameters
+        ----------
+        input_file : str or Path
+            TIFF stack, or HDF5 file with ``input_dataset``.
+        name : str, optional
+            Dataset name (default: the file's stem).
+        input_dataset : str, optional
+            Path of the dataset inside an HDF5 ``input_file``: ``(frames, H, W)``
+            or ``(frames, H, W, 1)``.
+        progress : bool
+            Show a progress bar.
+        """
+        name = name or Path(input_file).stem
+        self._copy_frames("input", name, input_file, input_dataset, to_float, progress)
+
+    def add_target(self, input_file, input_dataset, name=None, seg_threshold=0.03,
+                   progress=False):
+        """Add density targets (and their segmentation maps) from an HDF5 dataset.
+
+        Parameters
+        ----------
+        input_file : str or Path
+            HDF5 file holding density maps.
+        input_dataset : str
+            Path of the dataset inside the file: ``(frames, H, W)`` or ``(frames, H, W, 1)``.
+        name : str, optional
+            Dataset name (default: the file's stem).
+        seg_threshold : float
+            Density above which ``seg_map/name`` is 1.
+        progress : bool
+            Show a progress bar.
+        """
+        name = name or Path(input_file).stem
+        self._copy_frames(("target", "seg_map"), name, input_file, input_dataset,
+                          lambda d: d.astype(np.float32), progress, seg_threshold)
+
+    def _copy_frames(self, groups, name, input_file, input_dataset, convert, progress,
+                     seg_threshold=None):
+        groups = (groups,) if isinstance(groups, str) else groups
+        for group in groups:
+            self._check_new_name(name, (group,))
+        with _open_frames(input_file, input_dataset) as (source, shape, sha256):
+            attrs = _provenance(source_file=str(Path(input_file).resolve()),
+                                source_dataset=input_dataset, source_sha256=sha256,
+                                seg_threshold=seg_threshold)
+            with self._writing(name, groups, shape) as out:
+                height, width = shape[1:]
+                for start in tqdm(range(0, shape[0], _frames_per_chunk(height, width)),
+                                  desc=f"adding {name}", disable=not progress):
+                    frames = source(start, start + _frames_per_chunk(height, width))
+                    stop = start + len(frames)
+                    values = convert(frames)
+                    out[groups[0]][start:stop] = values[..., None]
+                    if "seg_map" in out:
+                        out["seg_map"][start:stop] = groundtruth.segmentation_stack(
+                            values, seg_threshold)[..., None]
+                for data in out.values():
+                    data.attrs.update(attrs)
+
+    def _check_new_name(self, name, groups=GROUPS):
+        if not name or "/" in name or name.startswith(PARTIAL):
+            raise TrainingSetError(f"{self.filename}: invalid dataset name {name!r}")
+        for group in groups:
+            if name in self[group]:
+                raise DuplicateNameError(
+                    f"{self.filename}: a dataset named '{name}' already exists in {group}/ "
+                    "(choose another name or delete it first)")
+
+    def _writing(self, name, groups, shape):
+        """Context manager creating ``groups/name`` under temporary names.
+
+        The datasets become visible (renamed) only when the block completes;
+        on any exception they are deleted.
+        """
+        return _PartialDatasets(self, name, groups, shape)
+
+
+class _PartialDatasets:
+    def __init__(self, training_set, name, groups, shape):
+        self.ts, self.name, self.groups = training_set, name, groups
+        n, height, width = shape
+        self.datasets = {
+            g: training_set[g].create_dataset(
+                PARTIAL + name, shape=(n, height, width, 1),
+                dtype=np.uint8 if g == "seg_map" else np.float32,
+                chunks=(1, height, width, 1))
+            for g in groups}
+
+    def __enter__(self):
+        return self.datasets
+
+    def __exit__(self, exc_type, exc, tb):
+        for group in self.groups:
+            if exc_type is None:
+                self.ts[group].move(PARTIAL + self.name, self.name)
+            else:
+                del self.ts[group][PARTIAL + self.name]
+        self.ts.flush()
+        return False
+
+
+def _describe_ground_truth(ground_truth):
+    if isinstance(ground_truth, (str, Path)):
+        return f"{Path(ground_truth).resolve()} (sha256 {sha256_file(ground_truth)})"
+    return "DataFrame"
+
+
+class _open_frames:
+    """Open a TIFF stack or an HDF5 dataset as ``(read(start, stop), shape, sha256)``."""
+
+    def __init__(self, path, dataset=None):
+        self.path = existing_file(path, "input file")
+        self._closers = []
+        if is_tiff(self.path):
+            stack = TiffStack(self.path)
+            self._closers.append(stack.close)
+            self.read, self.shape = stack.read, stack.shape
+        elif h5py.is_hdf5(self.path):
+            self._open_hdf5(dataset)
+        else:
+            raise UnsupportedFileError(
+                f"{self.path}: unsupported file type (expected a .tif/.tiff stack or an HDF5 file)")
+
+    def _open_hdf5(self, dataset):
+        f = h5py.File(self.path, "r")
+        self._closers.append(f.close)
+        if dataset is None or dataset not in f or not isinstance(f[dataset], h5py.Dataset):
+            f.close()
+            raise TrainingSetError(f"{self.path}: no dataset {dataset!r} (give input_dataset; "
+                                   "datasets in the file: " + ", ".join(_dataset_paths(f)) + ")")
+        data = f[dataset]
+        shape = data.shape[:-1] if data.ndim == 4 and data.shape[-1] == 1 else data.shape
+        if len(shape) != 3:
+            f.close()
+            raise ShapeMismatchError(f"{self.path}:{dataset}: shape {data.shape}; expected "
+                                     "(frames, H, W) or (frames, H, W, 1)")
+        self.shape = tuple(shape)
+        self.read = lambda start, stop: data[start:stop].reshape((-1,) + self.shape[1:])
+
+    def __enter__(self):
+        return self.read, self.shape, sha256_file(self.path)
+
+    def __exit__(self, *exc):
+        for close in self._closers:
+            close()
+
+
+def _dataset_paths(f):
+    paths = []
+    f.visititems(lambda name, obj: paths.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return paths or ["none"]
+
+
+# ------------------------------------------------------------------- compact_set
+def compact_set(training_set, output_file, shuffle=False, augment=False, seed=None,
+                progress=False):
+    """Merge every dataset of a TrainingSet into one dataset per group.
+
+    Writes ``input/input``, ``target/target`` and ``seg_map/seg_map`` to a new
+    file, streaming in chunks (peak memory does not grow with the set). The
+    file is written under a temporary name and renamed when complete.
+
+    Parameters
+    ----------
+    training_set : TrainingSet, str or Path
+        The set to merge (only datasets present in all three groups are used).
+    output_file : str or Path
+        The compact set to write (replaced if it exists).
+    shuffle : bool
+        Shuffle frames; one permutation is shared by all groups, so inputs,
+        targets and maps stay aligned.
+    augment : bool
+        Multiply each input frame by a random brightness factor
+        ``10**U(-0.5, 1.0)``, clipped to [0, 1], as in DEFCoN.
+    seed : int, optional
+        Seed of the shuffle and the augmentation.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    Path
+        ``output_file``.
+
+    Raises
+    ------
+    ShapeMismatchError
+        Datasets have different frame sizes, or a source's groups disagree.
+    TrainingSetError
+        The set holds no complete dataset.
+    """
+    if isinstance(training_set, TrainingSet):
+        return _compact(training_set, output_file, shuffle, augment, seed, progress)
+    with TrainingSet(training_set, "r") as ts:
+        return _compact(ts, output_file, shuffle, augment, seed, progress)
+
+
+def _compact(ts, output_file, shuffle, augment, seed, progress):
+    names, frame_shape = _compatible_sources(ts)
+    lengths = [ts["input"][n].shape[0] for n in names]
+    total = sum(lengths)
+    rng = np.random.default_rng(seed)
+    # destination[i] is where global source frame i goes.
+    destination = rng.permutation(total) if shuffle else np.arange(total)
+    chunk = _frames_per_chunk(*frame_shape)
+    output_file = Path(output_file)
+    with atomic_path(output_file) as tmp, h5py.File(tmp, "w") as out:
+        out.attrs[MARKER] = __version__
+        out.attrs.update(_provenance(source_file=str(Path(ts.filename).resolve()),
+                                     shuffle=shuffle, augment=augment,
+                                     seed=-1 if seed is None else seed))
+        out.attrs["sources"] = ", ".join(f"{n} ({k} frames)" for n, k in zip(names, lengths))
+        written = {g: out.create_group(g).create_dataset(
+            g, shape=(total,) + frame_shape + (1,), chunks=(1,) + frame_shape + (1,),
+            dtype=ts[g][names[0]].dtype) for g in GROUPS}
+        bar = tqdm(total=total, unit="frame", desc="compacting", disable=not progress)
+        offset = 0
+        for name, length in zip(names, lengths):
+            for start in range(0, length, chunk):
+                stop = min(start + chunk, length)
+                where = destination[offset + start:offset + stop]
+                order = np.argsort(where)
+                block = {g: ts[g][name][start:stop] for g in GROUPS}
+                if augment:
+                    block["input"] = _augment(block["input"], rng)
+                for g in GROUPS:
+                    _write_rows(written[g], where[order], block[g][order])
+                bar.update(stop - start)
+            offset += length
+        bar.close()
+    return output_file
+
+
+def _compatible_sources(ts):
+    names = [n for n in ts.names("input") if all(n in ts.names(g) for g in GROUPS[1:])]
+    if not names:
+        raise TrainingSetError(f"{ts.filename}: no dataset present in all of input/, target/ "
+                               "and seg_map/ - nothing to compact")
+    frame_shape = ts["input"][names[0]].shape[1:3]
+    for name in names:
+        shapes = {g: ts[g][name].shape for g in GROUPS}
+        if len(set(shapes.values())) != 1:
+            raise ShapeMismatchError(f"{ts.filename}: dataset '{name}' has shapes {shapes} in "
+                                     "its groups; they must agree")
+        if shapes["input"][1:3] != frame_shape:
+            raise ShapeMismatchError(
+                f"{ts.filename}: frame sizes differ: '{names[0]}' has {frame_shape}, "
+                f"'{name}' has {shapes['input'][1:3]}; a compact set needs one frame size")
+    return names, tuple(frame_shape)
+
+
+def _augment(frames, rng):
+    low, high = AUGMENT_LOG10_RANGE
+    factor = 10.0 ** rng.uniform(low, high, size=(len(frames), 1, 1, 1))
+    return np.clip(frames * factor.astype(np.float32), 0.0, 1.0)
+
+
+def _write_rows(dataset, rows, values):
+    """Write ``values[k]`` to ``dataset[rows[k]]``; ``rows`` sorted ascending."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+        dataset[rows[0]:rows[-1] + 1] = values
+        return
+    for row, value in zip(rows, values):
+        dataset[row] = value

@@ -1,0 +1,58 @@
+"""Human-readable summaries of defcon files (``defcon info``)."""
+
+from pathlib import Path
+
+import h5py
+
+from .datasets import GROUPS, MARKER, TrainingSet
+from .errors import UnsupportedFileError
+from .files import existing_file
+
+
+def describe(path):
+    """Describe a TrainingSet, a compact set or a model file.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    str
+        Several lines of text.
+    """
+    path = existing_file(path, "file")
+    if path.suffix == ".keras":
+        return _describe_model(path)
+    if not h5py.is_hdf5(path):
+        raise UnsupportedFileError(f"{path}: not a file defcon knows (expected an HDF5 "
+                                   "training set or a .keras / .h5 model)")
+    with h5py.File(path, "r") as f:
+        is_set = MARKER in f.attrs
+    if not is_set:
+        return _describe_model(path)
+    with TrainingSet(path, "r") as ts:
+        lengths = ts.lengths()["input"]
+        lines = [f"{path}: defcon training set, {len(lengths)} dataset(s), "
+                 f"{sum(lengths.values())} frames"]
+        lines += [f"  {key}: {value}" for key, value in ts.attrs.items() if key != MARKER]
+        lines.append(ts._tree())
+        for group in GROUPS:
+            for name in ts.names(group):
+                if "source_file" in ts[group][name].attrs:
+                    lines.append(f"  {group}/{name} from {ts[group][name].attrs['source_file']}")
+    return "\n".join(lines)
+
+
+def _describe_model(path):
+    from .networks import FCN
+
+    model = FCN.from_file(path)
+    return "\n".join([
+        f"{Path(path)}: defcon FCN '{model.name}'",
+        f"  output: {model.output_kind}",
+        f"  parameters: {model.count_params():,}",
+        "  input: (batch, height, width, 1) float32, height and width multiples of 4 "
+        "(predict_stack pads any size)",
+        f"  layers: {', '.join(layer.name for layer in model.layers)}",
+    ])

@@ -1,0 +1,139 @@
+"""Batches for Keras straight from a compact HDF5 set, in bounded memory.
+
+Frames are read in blocks of consecutive frames (fast, contiguous HDF5 reads);
+each epoch visits the blocks in a new random order and shuffles the frames
+inside each block, so memory is bounded by one block whatever the set's size.
+"""
+
+import math
+
+import h5py
+import keras
+import numpy as np
+
+from .datasets import GROUPS, _augment
+from .errors import TrainingSetError
+from .files import existing_file
+
+#: Targets per training stage: segmentation maps, or density maps.
+STAGE_TARGETS = {"seg": "seg_map", "density": "target"}
+
+
+def open_compact_set(path):
+    """Open a compact set and check its layout.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    h5py.File
+        Open read-only, with datasets ``input/input``, ``target/target`` and
+        ``seg_map/seg_map`` of equal shapes ``(N, H, W, 1)``.
+
+    Raises
+    ------
+    MissingFileError, TrainingSetError
+    """
+    path = existing_file(path, "compact training set")
+    if not h5py.is_hdf5(path):
+        raise TrainingSetError(f"{path}: not an HDF5 file (expected a compact set written "
+                               "by compact_set / `defcon compact`)")
+    f = h5py.File(path, "r")
+    missing = [f"{g}/{g}" for g in GROUPS if f"{g}/{g}" not in f]
+    if missing:
+        f.close()
+        raise TrainingSetError(
+            f"{path}: not a compact set (missing {', '.join(missing)}); run compact_set or "
+            "`defcon compact` on the TrainingSet first")
+    shapes = {g: f[g][g].shape for g in GROUPS}
+    if len(set(shapes.values())) != 1 or len(shapes["input"]) != 4:
+        f.close()
+        raise TrainingSetError(f"{path}: datasets have shapes {shapes}; expected equal "
+                               "(N, H, W, 1)")
+    return f
+
+
+class CompactSetBatches(keras.utils.PyDataset):
+    """Keras batches of ``(input, target)`` from a range of a compact set.
+
+    Parameters
+    ----------
+    h5file : h5py.File
+        An open compact set (see :func:`open_compact_set`).
+    stage : {'seg', 'density'}
+        Targets are ``seg_map/seg_map`` (as float32) or ``target/target``.
+    frames : tuple of int
+        ``(start, stop)``: the 0-based range of frames to serve.
+    batch_size : int
+    shuffle : bool
+        Visit blocks in random order and shuffle frames within each block.
+    block_batches : int
+        Batches per block: memory holds at most one block of frames.
+    augment : bool
+        Random brightness per input frame (``10**U(-0.5, 1)``, clipped to [0, 1]).
+    seed : int, optional
+
+    Each item is ``(x, y)``: float32 arrays of shape ``(batch, H, W, 1)``.
+    """
+
+    def __init__(self, h5file, stage, frames, batch_size, shuffle=True, block_batches=16,
+                 augment=False, seed=None):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.inputs = h5file["input"]["input"]
+        self.targets = h5file[STAGE_TARGETS[stage]][STAGE_TARGETS[stage]]
+        self.start, self.stop = frames
+        self.batch_size = int(batch_size)
+        self.block_frames = self.batch_size * block_batches
+        self.shuffle, self.augment = shuffle, augment
+        self.rng = np.random.default_rng(seed)
+        n_frames = self.stop - self.start
+        self._block_order = np.arange(math.ceil(n_frames / self.block_frames))
+        # A short last block stays last, so every earlier position holds
+        # exactly block_batches batches and indices map to blocks arithmetically.
+        self._n_full_blocks = n_frames // self.block_frames
+        self._cached = (None, None)
+        self.on_epoch_end()
+
+    @property
+    def num_batches(self):
+        return math.ceil((self.stop - self.start) / self.batch_size)
+
+    def __len__(self):
+        return self.num_batches
+
+    def _block_length(self, block):
+        first = self.start + block * self.block_frames
+        return min(self.block_frames, self.stop - first)
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self.rng.shuffle(self._block_order[:self._n_full_blocks])
+        self._cached = (None, None)
+
+    def _load_block(self, block):
+        first = self.start + block * self.block_frames
+        last = first + self._block_length(block)
+        x = self.inputs[first:last].astype(np.float32)
+        y = self.targets[first:last].astype(np.float32)
+        if self.shuffle:
+            order = self.rng.permutation(len(x))
+            x, y = x[order], y[order]
+        if self.augment:
+            x = _augment(x, self.rng)
+        return x, y
+
+    def __getitem__(self, index):
+        batches_per_block = self.block_frames // self.batch_size
+        position, within = divmod(index, batches_per_block)
+        if position >= len(self._block_order):
+            raise IndexError(index)
+        block = self._block_order[position]
+        if self._cached[0] != block:
+            self._cached = (block, self._load_block(block))
+        x, y = self._cached[1]
+        lo = within * self.batch_size
+        if lo >= len(x):
+            raise IndexError(index)
+        return x[lo:lo + self.batch_size], y[lo:lo + self.batch_size]

@@ -1,0 +1,386 @@
+"""Two-stage DEFCoN training from an ``.ini`` file.
+
+``python -m defcon.train config.ini``, ``defcon train config.ini`` or
+``defcon.train.train("config.ini")``. Stage 1 fits the segmentation network
+(binary cross-entropy); stage 2 freezes it and fits the density network on top
+(pixel + lambda * count loss). Original DEFCoN config files run unchanged.
+"""
+
+import configparser
+import logging
+import math
+import shutil
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+
+from .errors import ConfigError, DefconError
+from .files import atomic_path, existing_file
+from .models import SEGMENTATION_LAYER_NAMES, CountMAE, DensityLoss
+from .networks import FCN
+from .streaming import CompactSetBatches, open_compact_set
+
+log = logging.getLogger(__name__)
+
+#: Keys per section: name -> (type, default or REQUIRED, check, description).
+REQUIRED = object()
+_POSITIVE = (lambda v: v > 0, "a number > 0")
+_NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
+_FRACTION = (lambda v: 0 < v < 1, "a fraction strictly between 0 and 1")
+_STAGE_KEYS = {
+    "batchsize": (int, 32, _POSITIVE),
+    "numepochs": (int, 15, _NON_NEGATIVE),
+    "validationsplit": (float, 0.1, _FRACTION),
+    "adamlr": (float, 0.001, _POSITIVE),
+}
+SCHEMA = {
+    "General": {
+        "modelname": (str, REQUIRED, None),
+        "trainingsetpath": (Path, REQUIRED, None),
+        "outputdir": (Path, REQUIRED, None),
+        "weightdir": (Path, REQUIRED, None),
+        "seed": (int, 0, None),
+        "patience": (int, 3, _NON_NEGATIVE),
+        "initialmodel": (Path, None, None),
+        "augment": (bool, False, None),
+    },
+    "SegNet": dict(_STAGE_KEYS),
+    "DensityNet": {"lambdafactor": (float, 0.01, _NON_NEGATIVE), **_STAGE_KEYS},
+}
+HISTORY_COLUMNS = ("epoch", "stage", "loss", "val_loss", "val_count_mae")
+
+
+@dataclass
+class StageConfig:
+    """Settings of one training stage (``[SegNet]`` or ``[DensityNet]``)."""
+
+    batchsize: int
+    numepochs: int
+    validationsplit: float
+    adamlr: float
+    lambdafactor: float = 0.0
+
+
+@dataclass
+class TrainingConfig:
+    """A validated training configuration; paths are absolute."""
+
+    config_file: Path
+    modelname: str
+    trainingsetpath: Path
+    outputdir: Path
+    weightdir: Path
+    seed: int
+    patience: int
+    initialmodel: Path
+    augment: bool
+    seg: StageConfig = field(default=None)
+    density: StageConfig = field(default=None)
+
+    @property
+    def model_file(self):
+        """``OutputDir/<ModelName without suffix>.keras``."""
+        return self.outputdir / (Path(self.modelname).stem + ".keras")
+
+
+def read_config(config_file):
+    """Read and validate a training configuration.
+
+    Every problem is collected first, then reported together.
+
+    Parameters
+    ----------
+    config_file : str or Path
+        The ``.ini`` file. Relative paths inside it are relative to its folder.
+
+    Returns
+    -------
+    TrainingConfig
+
+    Raises
+    ------
+    MissingFileError
+        The config file does not exist.
+    ConfigError
+        Any wrong, missing or unknown key, value, type or path; the message
+        lists all of them by section and key.
+    """
+    path = existing_file(config_file, "training configuration").resolve()
+    parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"))
+    try:
+        parser.read(path)
+    except configparser.Error as err:
+        raise ConfigError(f"{path}: not a valid .ini file: {err}") from err
+    problems, values = [], {}
+    for section, keys in SCHEMA.items():
+        if not parser.has_section(section):
+            problems.append(f"missing section [{section}]")
+            continue
+        unknown = sorted(set(parser[section]) - set(keys))
+        problems += [f"[{section}] {key}: unknown key (known: "
+                     f"{', '.join(_display(k) for k in keys)})" for key in unknown]
+        for key, spec in keys.items():
+            values[section, key] = _read_value(parser[section], section, key, spec, path.parent,
+                                               problems)
+    unknown_sections = [s for s in parser.sections() if s not in SCHEMA]
+    problems += [f"[{s}]: unknown section (known: {', '.join(SCHEMA)})" for s in unknown_sections]
+    if not problems:
+        _check_paths(values, problems)
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    general = {key: values["General", key] for key in SCHEMA["General"]}
+    stage = {name: StageConfig(**{key: values[name, key] for key in SCHEMA[name]})
+             for name in ("SegNet", "DensityNet")}
+    return TrainingConfig(config_file=path, **general, seg=stage["SegNet"],
+                          density=stage["DensityNet"])
+
+
+_DISPLAY = {"modelname": "ModelName", "trainingsetpath": "TrainingSetPath",
+            "outputdir": "OutputDir", "weightdir": "WeightDir", "seed": "Seed",
+            "patience": "Patience", "initialmodel": "InitialModel", "augment": "Augment",
+            "batchsize": "BatchSize", "numepochs": "NumEpochs",
+            "validationsplit": "ValidationSplit", "adamlr": "AdamLR",
+            "lambdafactor": "LambdaFactor"}
+
+
+def _display(key):
+    return _DISPLAY.get(key, key)
+
+
+def _read_value(section_proxy, section, key, spec, base, problems):
+    kind, default, check = spec
+    raw = section_proxy.get(key, fallback=None)
+    where = f"[{section}] {_display(key)}"
+    if raw is None or raw.strip() == "":
+        if default is REQUIRED:
+            problems.append(f"{where}: missing (required)")
+        return None if default is REQUIRED else default
+    raw = raw.strip()
+    try:
+        if kind is bool:
+            value = section_proxy.getboolean(key)
+        elif kind is Path:
+            value = (base / raw).resolve()
+        else:
+            value = kind(raw)
+    except ValueError:
+        expected = {int: "a whole number", float: "a number", bool: "true or false"}[kind]
+        problems.append(f"{where}: {raw!r} is not {expected}")
+        return None
+    if check is not None and not check[0](value):
+        problems.append(f"{where}: {raw!r} must be {check[1]}")
+    return value
+
+
+def _check_paths(values, problems):
+    training_set = values["General", "trainingsetpath"]
+    if not training_set.is_file():
+        problems.append(f"[General] TrainingSetPath: {training_set} does not exist")
+    else:
+        try:
+            open_compact_set(training_set).close()
+        except DefconError as err:
+            problems.append(f"[General] TrainingSetPath: {err}")
+    initial = values["General", "initialmodel"]
+    if initial is not None and not initial.exists():
+        problems.append(f"[General] InitialModel: {initial} does not exist")
+    for key in ("outputdir", "weightdir"):
+        folder = values["General", key]
+        if folder.exists() and not folder.is_dir():
+            problems.append(f"[General] {_display(key)}: {folder} exists and is not a folder")
+
+
+# ------------------------------------------------------------------- training
+def train(config_file, verbose=1):
+    """Train a DEFCoN network as a configuration file says.
+
+    Parameters
+    ----------
+    config_file : str or Path
+        The ``.ini`` file (see ``configs/default.ini``).
+    verbose : int
+        Keras verbosity: 1 shows a progress bar per epoch, 2 a line per epoch,
+        0 nothing.
+
+    Returns
+    -------
+    dict
+        Paths of what was written: ``model``, ``history``, ``curves``,
+        ``config``, ``seg_weights``; and ``best_val_count_mae``.
+
+    Raises
+    ------
+    ConfigError, MissingFileError, TrainingSetError
+        Before any training starts.
+    """
+    config = read_config(config_file)
+    keras.utils.set_random_seed(config.seed)
+    config.outputdir.mkdir(parents=True, exist_ok=True)
+    config.weightdir.mkdir(parents=True, exist_ok=True)
+    config_copy = config.outputdir / (Path(config.modelname).stem + ".ini")
+    if config_copy.resolve() != config.config_file:
+        shutil.copyfile(config.config_file, config_copy)
+    initial = FCN.from_file(config.initialmodel) if config.initialmodel else None
+    history = _History(config.outputdir / "history.tsv")
+    with open_compact_set(config.trainingsetpath) as h5file:
+        seg_model = FCN(output="seg", seed=config.seed, name=Path(config.modelname).stem)
+        if initial is not None:
+            _copy_matching_weights(initial, seg_model)
+        seg_weights = config.weightdir / (Path(config.modelname).stem + ".seg.weights.h5")
+        _fit_stage(seg_model, "seg", config.seg, config, h5file, seg_weights, history, verbose)
+
+        density_model = FCN(output="density", seed=config.seed, name=Path(config.modelname).stem)
+        if initial is not None:
+            _copy_matching_weights(initial, density_model)
+        _copy_matching_weights(seg_model, density_model)
+        for layer in density_model.layers:
+            if layer.name in SEGMENTATION_LAYER_NAMES:
+                layer.trainable = False
+        _fit_stage(density_model, "density", config.density, config, h5file,
+                   config.model_file, history, verbose)
+    if not config.model_file.exists():  # NumEpochs = 0 for the density stage
+        with atomic_path(config.model_file) as tmp:
+            density_model.save(tmp)
+    curves = _plot_curves(history.rows, config.outputdir / "curves.png")
+    return {"model": config.model_file, "history": history.path, "curves": curves,
+            "config": config_copy, "seg_weights": seg_weights,
+            "best_val_count_mae": history.best("density", "val_count_mae")}
+
+
+def _copy_matching_weights(source, target):
+    source_layers = {layer.name: layer for layer in source.layers if layer.weights}
+    for layer in target.layers:
+        if layer.weights and layer.name in source_layers:
+            layer.set_weights(source_layers[layer.name].get_weights())
+
+
+def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbose):
+    """Fit one stage; the best epoch (lowest val_loss) is restored and saved."""
+    if settings.numepochs == 0:
+        log.info("stage %s: NumEpochs = 0, skipped", stage)
+        return
+    n_frames = h5file["input"]["input"].shape[0]
+    n_val = max(1, int(round(n_frames * settings.validationsplit)))
+    if n_frames - n_val < 1:
+        raise ConfigError(f"{config.config_file}: ValidationSplit {settings.validationsplit} "
+                          f"leaves no training frame out of {n_frames}")
+    # The compact set is shuffled already; the last frames validate, as Keras'
+    # validation_split does, so the split is the same on every run.
+    train_batches = CompactSetBatches(h5file, stage, (0, n_frames - n_val), settings.batchsize,
+                                      shuffle=True, augment=config.augment, seed=config.seed)
+    val_batches = CompactSetBatches(h5file, stage, (n_frames - n_val, n_frames),
+                                    settings.batchsize, shuffle=False)
+    if stage == "seg":
+        loss, metrics = keras.losses.BinaryCrossentropy(), []
+    else:
+        loss, metrics = DensityLoss(settings.lambdafactor), [CountMAE()]
+    model.compile(optimizer=keras.optimizers.Adam(settings.adamlr), loss=loss, metrics=metrics)
+    log.info("stage %s: %d training and %d validation frames, batch %d, up to %d epochs",
+             stage, n_frames - n_val, n_val, settings.batchsize, settings.numepochs)
+    callbacks = [
+        _BestModelSaver(best_file, weights_only=stage == "seg"),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=max(config.patience, 1),
+                                      restore_best_weights=True),
+        history.callback(stage),
+    ]
+    model.fit(train_batches, validation_data=val_batches, epochs=settings.numepochs,
+              callbacks=callbacks, verbose=verbose)
+
+
+class _BestModelSaver(keras.callbacks.Callback):
+    """Save the model (atomically) whenever val_loss improves."""
+
+    def __init__(self, path, weights_only):
+        super().__init__()
+        self.path, self.weights_only, self.best = path, weights_only, math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get("val_loss", math.inf)
+        if value < self.best:
+            self.best = value
+            with atomic_path(self.path) as tmp:
+                if self.weights_only:
+                    self.model.save_weights(tmp)
+                else:
+                    self.model.save(tmp)
+
+
+class _History:
+    """Rows of history.tsv, rewritten (atomically) after every epoch."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.rows = []
+
+    def callback(self, stage):
+        """A Keras callback appending one row per epoch of ``stage``."""
+        return keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: self.add(stage, epoch, logs or {}))
+
+    def add(self, stage, epoch, logs):
+        self.rows.append({"epoch": epoch + 1, "stage": stage,
+                          "loss": logs.get("loss", math.nan),
+                          "val_loss": logs.get("val_loss", math.nan),
+                          "val_count_mae": logs.get("val_count_mae", math.nan)})
+        self.write()
+
+    def write(self):
+        with atomic_path(self.path) as tmp:
+            lines = ["\t".join(HISTORY_COLUMNS)]
+            lines += ["\t".join(_format_cell(row[c]) for c in HISTORY_COLUMNS) for row in self.rows]
+            tmp.write_text("\n".join(lines) + "\n")
+
+    def best(self, stage, column):
+        values = [row[column] for row in self.rows if row["stage"] == stage
+                  and not math.isnan(row[column])]
+        return min(values) if values else math.nan
+
+
+def _format_cell(value):
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _plot_curves(rows, path):
+    """Plot loss per stage and validation count MAE per epoch to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [s for s in ("seg", "density") if any(r["stage"] == s for r in rows)]
+    fig, axes = plt.subplots(1, len(stages) + 1, figsize=(4.5 * (len(stages) + 1), 3.6))
+    for ax, stage in zip(axes, stages):
+        epochs = [r["epoch"] for r in rows if r["stage"] == stage]
+        for column in ("loss", "val_loss"):
+            ax.plot(epochs, [r[column] for r in rows if r["stage"] == stage], marker="o",
+                    label=column)
+        ax.set(title=f"{stage} stage", xlabel="epoch", ylabel="loss", yscale="log")
+        ax.legend()
+    density = [r for r in rows if r["stage"] == "density"]
+    axes[-1].plot([r["epoch"] for r in density], [r["val_count_mae"] for r in density],
+                  marker="o", color="C2")
+    axes[-1].set(title="validation count error", xlabel="epoch",
+                 ylabel="mean |count error| per frame")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``defcon.train(...)`` work although ``defcon.train`` is this module."""
+
+    def __call__(self, *args, **kwargs):
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+    from .cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
