@@ -333,9 +333,10 @@ class _open_frames:
         f = h5py.File(self.path, "r")
         self._closers.append(f.close)
         if dataset is None or dataset not in f or not isinstance(f[dataset], h5py.Dataset):
+            found = ", ".join(_dataset_paths(f))
             f.close()
             raise TrainingSetError(f"{self.path}: no dataset {dataset!r} (give input_dataset; "
-                                   "datasets in the file: " + ", ".join(_dataset_paths(f)) + ")")
+                                   f"datasets in the file: {found})")
         data = f[dataset]
         shape = data.shape[:-1] if data.ndim == 4 and data.shape[-1] == 1 else data.shape
         if len(shape) != 3:
