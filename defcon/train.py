@@ -351,7 +351,9 @@ def _plot_curves(rows, path):
     import matplotlib.pyplot as plt
 
     stages = [s for s in ("seg", "density") if any(r["stage"] == s for r in rows)]
-    fig, axes = plt.subplots(1, len(stages) + 1, figsize=(4.5 * (len(stages) + 1), 3.6))
+    fig, axes = plt.subplots(1, len(stages) + 1, figsize=(4.5 * (len(stages) + 1), 3.6),
+                             squeeze=False)
+    axes = axes[0]
     for ax, stage in zip(axes, stages):
         epochs = [r["epoch"] for r in rows if r["stage"] == stage]
         for column in ("loss", "val_loss"):
