@@ -180,6 +180,8 @@ class TrainingSet(h5py.File):
         with TiffStack(input_file) as stack:
             n_frames, height, width = stack.shape
             truth = groundtruth.read_ground_truth(ground_truth, n_frames, height, width)
+            truth = truth.sort_values("frame", kind="stable")
+            frame_numbers = truth["frame"].to_numpy()
             params = dict(brightness_threshold=brightness_threshold, sigma=sigma,
                           seg_threshold=seg_threshold, kernel=kernel)
             source = _provenance(source_file=str(Path(input_file).resolve()),
@@ -190,8 +192,10 @@ class TrainingSet(h5py.File):
                            disable=not progress)
                 for start, frames in stack.chunks(_frames_per_chunk(height, width)):
                     stop = start + len(frames)
+                    # Only this chunk's rows (frames are 1-based in the table).
+                    rows = slice(*np.searchsorted(frame_numbers, [start + 1, stop + 1]))
                     density = groundtruth.density_stack(
-                        truth, n_frames, height, width, sigma=sigma,
+                        truth.iloc[rows], n_frames, height, width, sigma=sigma,
                         brightness_threshold=brightness_threshold, kernel=kernel,
                         frame_range=(start, stop))
                     out["input"][start:stop] = to_float(frames)[..., None]
