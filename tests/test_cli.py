@@ -1,0 +1,69 @@
+import subprocess
+import sys
+
+import h5py
+import pytest
+
+from defcon.cli import build_parser, main
+
+
+def run(*args):
+    """Run the defcon command in a fresh process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "defcon.cli", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_simulate_build_compact_info_end_to_end(tmp_path, capsys):
+    out = tmp_path / "sim"
+    assert main(["simulate", "--frames", "40", "--height", "24", "--width", "36", "--seed", "3",
+                 "--density-sweep", "--set", "photon_rate=1500", "--out", str(out)]) == 0
+    assert "40 frames of 24 x 36" in capsys.readouterr().out
+    assert main(["build", str(tmp_path / "t.h5"), str(out / "stack.tif"),
+                 str(out / "frame_logger.csv"), "--sigma", "1.2"]) == 0
+    assert "sim: shape = (40, 24, 36, 1), dtype = float32" in capsys.readouterr().out
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        assert f["target/sim"].attrs["sigma"] == 1.2
+    assert main(["compact", str(tmp_path / "t.h5"), str(tmp_path / "c.h5"), "--shuffle",
+                 "--augment", "--seed", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "input: shape = (40, 24, 36, 1)" in text and "shuffle: True" in text
+    assert main(["info", str(tmp_path / "t.h5")]) == 0
+    assert "1 dataset(s), 40 frames" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    result = run("build", tmp_path / "t.h5", tmp_path / "missing.tif", tmp_path / "gt.csv")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"defcon build: error: {tmp_path / 'missing.tif'}: TIFF stack not found"]
+    result = run("simulate", "--frames", "5", "--out", tmp_path, "--set", "photon_rate=-3")
+    assert result.returncode == 1 and "photon_rate" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run("--debug", "info", tmp_path / "nothing.h5")
+    assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def test_bad_csv_through_the_cli(tmp_path, sim_files):
+    stack, _ = sim_files
+    (tmp_path / "gt.csv").write_text("frame,x,y\n1,2,3\n")
+    result = run("build", tmp_path / "t.h5", stack, tmp_path / "gt.csv")
+    assert result.returncode == 1
+    assert "gt.csv" in result.stderr and "brightness" in result.stderr
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        assert list(f["input"]) == []
+
+
+def test_every_subcommand_has_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, subparser in sub.choices.items():
+        text = subparser.format_help()
+        assert subparser.description, name
+        assert "usage: defcon " + name in text
+
+
+def test_argument_errors_exit_with_usage(tmp_path):
+    result = run("simulate", "--frames", "0", "--out", tmp_path)
+    assert result.returncode == 2 and "must be at least 1" in result.stderr
+    result = run("simulate", "--out", tmp_path, "--set", "nonsense")
+    assert result.returncode != 0 and "NAME=VALUE" in result.stderr
