@@ -47,3 +47,7 @@ class ModelFileError(DefconError, ValueError):
 
 class IntegrityError(ModelFileError):
     """A packaged file does not match its recorded checksum, or a path is unsafe."""
+
+
+class GroundTruthWarning(UserWarning):
+    """Ground truth was usable but something was left out (e.g. emitters outside the frame)."""
