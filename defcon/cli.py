@@ -161,6 +161,104 @@ def _run_train(args):
     print(f"model: {result['model']}")
 
 
+def _add_predict(sub):
+    p = sub.add_parser("predict", help="count emitters in a TIFF stack",
+                       description="Predict density maps for every frame of a TIFF stack "
+                       "(8/16-bit or float, any frame size), streaming it, and write the count "
+                       "and the maximum local count of every frame to a CSV "
+                       "(frame,count,max_local_count; frames 1-based).")
+    p.add_argument("model", help="model: .keras, original DEFCoN .h5, or weights file")
+    p.add_argument("stack", help="TIFF stack to count")
+    p.add_argument("--out", help="also write the density maps to this .tif or .h5 file")
+    p.add_argument("--counts", help="counts CSV (default: STACK_counts.csv beside the stack)")
+    p.add_argument("--box", type=_positive_int, default=7,
+                   help="side of the box for the maximum local count, pixels (7)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="frames per batch (default: about half a megapixel per batch)")
+    p.set_defaults(run=_run_predict)
+
+
+def _run_predict(args):
+    import contextlib
+    import csv
+    from pathlib import Path
+
+    import numpy as np
+
+    from .errors import ModelFileError
+    from .files import atomic_path
+    from .networks import FCN
+    from .predict import COUNT_COLUMNS, DensityWriter, count_rows, iter_predict_tiff
+    from .tiffio import TiffStack
+
+    model = FCN.from_file(args.model)
+    if model.output_kind not in ("density", "both"):
+        raise ModelFileError(f"{args.model}: a '{model.output_kind}' model; counting needs a "
+                             "density model")
+    model = model.with_output("density") if model.output_kind == "both" else model
+    stack_path = Path(args.stack)
+    counts_path = Path(args.counts or stack_path.with_name(stack_path.stem + "_counts.csv"))
+    counts = []
+    with TiffStack(stack_path) as stack, contextlib.ExitStack() as files:
+        writer = None
+        if args.out:
+            writer = files.enter_context(DensityWriter(
+                args.out, (len(stack),) + stack.shape[1:] + (1,), source=stack.path,
+                model=model.name))
+        tmp = files.enter_context(atomic_path(counts_path))
+        table = csv.writer(files.enter_context(open(tmp, "w", newline="")))
+        table.writerow(COUNT_COLUMNS)
+        for frames, density in iter_predict_tiff(model, stack, batch_size=args.batch_size,
+                                                 progress=True):
+            if writer is not None:
+                writer.write(density)
+            rows = count_rows(density, frames + 1, args.box)
+            table.writerows((f, f"{c:.4f}", f"{m:.4f}") for f, c, m in rows)
+            counts += [(c, m) for _, c, m in rows]
+    counts = np.array(counts)
+    print(f"{stack_path}: {len(counts)} frames, {counts[:, 0].sum():.1f} emitters in all, "
+          f"{counts[:, 0].mean():.2f} per frame ({counts[:, 0].min():.1f} to "
+          f"{counts[:, 0].max():.1f}); densest {args.box}x{args.box} box: "
+          f"{counts[:, 1].max():.2f}")
+    print(f"counts: {counts_path}" + (f"; density maps: {args.out}" if args.out else ""))
+
+
+def _add_export(sub):
+    p = sub.add_parser("export", help="export a model for Fiji and TensorFlow runtimes",
+                       description="Export a density model. --fiji DIR writes DIR/DEFCoN/ "
+                       "with tf_density_count/ and tf_max_count/ (TensorFlow 1.x SavedModels "
+                       "that the DEFCoN-ImageJ plugin and defcon's Fiji plugin load) and a "
+                       "README.txt; copy DEFCoN/ into Fiji.app/plugins/ (or give "
+                       "Fiji.app/plugins as DIR).")
+    p.add_argument("model", help="model: .keras, original DEFCoN .h5, or weights file")
+    p.add_argument("--fiji", metavar="DIR", help="write DIR/DEFCoN/ for Fiji")
+    p.add_argument("--tf1", metavar="DIR", help="write one TF1-compatible SavedModel "
+                   "(input_tensor -> output_tensor), as FCN.save_tf_model")
+    p.add_argument("--tf2", metavar="DIR", help="write a TF2 SavedModel with a "
+                   "serving_default signature (TF Serving, tf.saved_model.load)")
+    p.add_argument("--box", type=_positive_int, default=7,
+                   help="box side of the max-count model, pixels (7)")
+    p.add_argument("--division", type=float, default=None,
+                   help="divide the output by this number, as DEFCoN's export did")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args):
+    from . import export
+    from .networks import FCN
+
+    if not (args.fiji or args.tf1 or args.tf2):
+        raise SystemExit("defcon export: error: say what to write: --fiji, --tf1 and/or --tf2")
+    model = FCN.from_file(args.model)
+    if args.fiji:
+        folder = export.export_fiji(model, args.fiji, box=args.box, division=args.division)
+        print(f"wrote {folder}: copy it into Fiji.app/plugins/ (see its README.txt)")
+    if args.tf1:
+        print(f"wrote {export.save_tf1_model(model, args.tf1, division=args.division)}")
+    if args.tf2:
+        print(f"wrote {export.save_tf2_model(model, args.tf2)}")
+
+
 def _add_info(sub):
     p = sub.add_parser("info", help="describe a TrainingSet, compact set or model",
                        description="Print a summary of a defcon file.")
@@ -182,7 +280,8 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"defcon {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_simulate, _add_build, _add_compact, _add_train, _add_info):
+    for add in (_add_simulate, _add_build, _add_compact, _add_train, _add_predict, _add_export,
+                _add_info):
         add(sub)
     return parser
 

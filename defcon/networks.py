@@ -19,6 +19,9 @@ from .files import existing_file
 
 log = logging.getLogger(__name__)
 
+#: The model shipped with defcon (see :meth:`FCN.pretrained`).
+PRETRAINED = Path(__file__).resolve().parent / "resources" / "defcon_pretrained.keras"
+
 
 @keras.saving.register_keras_serializable(package="defcon")
 class FCN(keras.Model):
@@ -160,6 +163,21 @@ class FCN(keras.Model):
         from .export import save_tf1_model
 
         return save_tf1_model(self, export_dir, division=division)
+
+    @classmethod
+    def pretrained(cls):
+        """The model trained by defcon and shipped with it.
+
+        Trained with ``configs/default.ini`` on simulated 64 x 64 stacks spanning
+        0 to 80 emitters per frame (the recipe is ``benchmarks/counting_quality.py``;
+        its counting figures are in docs/performance.md).
+
+        Returns
+        -------
+        FCN
+            A density model.
+        """
+        return cls.from_file(PRETRAINED)
 
     def with_output(self, output):
         """Return a new FCN sharing this one's weights, with another output.
