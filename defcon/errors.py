@@ -45,6 +45,10 @@ class ModelFileError(DefconError, ValueError):
     """A file is not a model defcon can load, or its contents are inconsistent."""
 
 
+class ExportError(DefconError, ValueError):
+    """A model or an export option that cannot be exported as asked."""
+
+
 class IntegrityError(ModelFileError):
     """A packaged file does not match its recorded checksum, or a path is unsafe."""
 
