@@ -13,8 +13,7 @@ import pytest
 import tensorflow as tf
 
 from defcon import export
-from defcon.errors import DefconError, MissingFileError, UnsupportedFileError
-from defcon.errors import ExportError
+from defcon.errors import DefconError, ExportError, MissingFileError, UnsupportedFileError
 from defcon.export import export_fiji, save_tf1_model, save_tf2_model, tf1_op_types
 from defcon.networks import FCN
 
