@@ -67,3 +67,63 @@ def test_argument_errors_exit_with_usage(tmp_path):
     assert result.returncode == 2 and "must be at least 1" in result.stderr
     result = run("simulate", "--out", tmp_path, "--set", "nonsense")
     assert result.returncode != 0 and "NAME=VALUE" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    from defcon.networks import FCN
+
+    path = tmp_path_factory.mktemp("model") / "random.keras"
+    FCN(output="density", seed=0).save(path)
+    return path
+
+
+def test_predict_writes_counts_and_densities(tmp_path, sim_files, model_file, capsys):
+    import numpy as np
+    import pandas as pd
+    import tifffile
+
+    stack, _ = sim_files
+    counts_file, density_file = tmp_path / "counts.csv", tmp_path / "density.tif"
+    assert main(["predict", str(model_file), str(stack), "--out", str(density_file),
+                 "--counts", str(counts_file), "--box", "5", "--batch-size", "7"]) == 0
+    assert "30 frames" in capsys.readouterr().out
+    table = pd.read_csv(counts_file)
+    assert list(table.columns) == ["frame", "count", "max_local_count"]
+    assert table.frame.tolist() == list(range(1, 31))
+    density = tifffile.imread(density_file)
+    assert density.shape == (30, 24, 40) and density.dtype == np.float32
+    np.testing.assert_allclose(table["count"], density.sum(axis=(1, 2)), atol=1e-3)
+    boxes = np.lib.stride_tricks.sliding_window_view(density, (5, 5), axis=(1, 2))
+    np.testing.assert_allclose(table["max_local_count"], boxes.sum(axis=(-1, -2)).max(axis=(1, 2)),
+                               atol=1e-3)
+
+
+def test_predict_bad_inputs(tmp_path, sim_files, model_file):
+    import numpy as np
+    import tifffile
+
+    stack, csv_file = sim_files
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((8, 12, 3), np.uint8), photometric="rgb")
+    tifffile.imwrite(tmp_path / "empty.tif", np.zeros((0, 8, 8), np.uint16))
+    cases = [
+        ((model_file, tmp_path / "missing.tif"), "missing.tif: TIFF stack not found"),
+        ((model_file, tmp_path / "rgb.tif"), "rgb.tif: RGB"),
+        ((model_file, tmp_path / "empty.tif"), "empty.tif: empty"),
+        ((csv_file, stack), "frame_logger.csv: not a model file"),
+        ((tmp_path / "none.keras", stack), "none.keras: model file not found"),
+    ]
+    for args, message in cases:
+        result = run("predict", *args, "--counts", tmp_path / "c.csv")
+        assert result.returncode == 1, message
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / "c.csv").exists()
+
+
+def test_export_fiji_folder(tmp_path, model_file, capsys):
+    assert main(["export", str(model_file), "--fiji", str(tmp_path / "plugins")]) == 0
+    folder = tmp_path / "plugins" / "DEFCoN"
+    assert (folder / "tf_density_count" / "saved_model.pb").exists()
+    assert (folder / "tf_max_count" / "saved_model.pb").exists()
+    assert "Fiji" in (folder / "README.txt").read_text()
+    assert "wrote" in capsys.readouterr().out
