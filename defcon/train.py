@@ -284,6 +284,10 @@ def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbo
         _BestModelSaver(best_file, weights_only=stage == "seg"),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=max(config.patience, 1),
                                       restore_best_weights=True),
+        # The count term makes val_loss swing from epoch to epoch at AdamLR 1e-3;
+        # halving the rate when it stalls settles the count scale.
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1,
+                                          min_lr=settings.adamlr / 64, verbose=0),
         history.callback(stage),
     ]
     model.fit(train_batches, validation_data=val_batches, epochs=settings.numepochs,
