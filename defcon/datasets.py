@@ -251,7 +251,7 @@ class TrainingSet(h5py.File):
         groups = (groups,) if isinstance(groups, str) else groups
         for group in groups:
             self._check_new_name(name, (group,))
-        with _open_frames(input_file, input_dataset) as (source, shape, sha256):
+        with _FrameSource(input_file, input_dataset) as (source, shape, sha256):
             attrs = _provenance(source_file=str(Path(input_file).resolve()),
                                 source_dataset=input_dataset, source_sha256=sha256,
                                 seg_threshold=seg_threshold)
@@ -317,7 +317,7 @@ def _describe_ground_truth(ground_truth):
     return "DataFrame"
 
 
-class _open_frames:
+class _FrameSource:
     """Open a TIFF stack or an HDF5 dataset as ``(read(start, stop), shape, sha256)``."""
 
     def __init__(self, path, dataset=None):
