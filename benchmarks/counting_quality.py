@@ -62,22 +62,26 @@ def build_compact(folder):
                 seed=0)
 
 
-def train_default(folder):
+def train_default(folder, tag, initial_model=None):
+    """Train with configs/default.ini into folder/tag (InitialModel optional)."""
     from defcon.train import train
 
-    if (folder / "model" / "defcon_model.keras").exists():
-        return json.loads((folder / "training_time.json").read_text())
+    out = folder / tag
+    if (out / "defcon_model.keras").exists():
+        return json.loads((out / "training_time.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
     config = configparser.ConfigParser()
     config.read(PROJECT / "configs" / "default.ini")
     config["General"]["TrainingSetPath"] = str(folder / "compact.h5")
-    config["General"]["OutputDir"] = str(folder / "model")
-    config["General"]["WeightDir"] = str(folder / "model" / "weights")
-    with open(folder / "default.ini", "w") as f:
+    config["General"]["OutputDir"] = str(out)
+    config["General"]["WeightDir"] = str(out / "weights")
+    config["General"]["InitialModel"] = str(initial_model or "")
+    with open(out / "default.ini", "w") as f:
         config.write(f)
     start = time.perf_counter()
-    train(folder / "default.ini", verbose=2)
+    train(out / "default.ini", verbose=2)
     info = {"seconds": time.perf_counter() - start}
-    (folder / "training_time.json").write_text(json.dumps(info))
+    (out / "training_time.json").write_text(json.dumps(info))
     return info
 
 
@@ -149,15 +153,20 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", default="/tmp/defcon-bench-quality")
     parser.add_argument("--frames", type=int, default=4000, help="frames per training stack")
+    parser.add_argument("--fine-tune", action="store_true",
+                        help="also train from the published DEFCoN model (InitialModel)")
     args = parser.parse_args()
     folder = Path(args.folder)
     folder.mkdir(parents=True, exist_ok=True)
     simulate_all(folder, args.frames)
     build_compact(folder)
-    timing = train_default(folder)
+    timings = {"trained": train_default(folder, "model")}
+    if args.fine_tune and REFERENCE_MODEL.exists():
+        timings["fine-tuned"] = train_default(folder, "fine_tuned", REFERENCE_MODEL)
     from defcon.networks import FCN
 
-    models = {"trained": FCN.from_file(folder / "model" / "defcon_model.keras")}
+    models = {tag: FCN.from_file(folder / ("model" if tag == "trained" else "fine_tuned")
+                                 / "defcon_model.keras") for tag in timings}
     if REFERENCE_MODEL.exists():
         models["DEFCoN"] = FCN.from_file(REFERENCE_MODEL)
     sigma, threshold = tune_spot_counter(folder)
@@ -171,8 +180,9 @@ def main():
     truth = np.concatenate(truth)
     predictions = {k: np.concatenate(v) for k, v in predictions.items()}
     print(machine_facts())
-    print(f"training: {len(TRAINING_STACKS)} stacks x {args.frames} frames, configs/default.ini, "
-          f"wall time {timing['seconds'] / 60:.1f} min")
+    for tag, timing in timings.items():
+        print(f"{tag}: {len(TRAINING_STACKS)} stacks x {args.frames} frames, "
+              f"configs/default.ini, wall time {timing['seconds'] / 60:.1f} min")
     print(f"spot counter tuned on train{TRAINING_STACKS[0][0]}: gaussian sigma {sigma}, "
           f"threshold background + {threshold} x noise")
     print(f"held-out: {len(truth)} frames of 64x64, {truth.min()} to {truth.max()} emitters")
