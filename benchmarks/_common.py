@@ -32,3 +32,19 @@ def run_child(code):
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     return out.stdout.strip().splitlines()[-1]
+
+
+def fill_synthetic(datasets, n_frames, rng, block=4096):
+    """Fill ``{'input', 'target', 'seg_map'}`` HDF5 datasets of 64 x 64 frames.
+
+    Inputs are uniform random, targets inputs / 100 and maps inputs > 0.5,
+    written ``block`` frames at a time so memory stays bounded.
+    """
+    import numpy
+
+    for start in range(0, n_frames, block):
+        stop = min(start + block, n_frames)
+        frames = rng.random((stop - start, 64, 64, 1), dtype=numpy.float32)
+        datasets["input"][start:stop] = frames
+        datasets["target"][start:stop] = frames * 0.01
+        datasets["seg_map"][start:stop] = frames > 0.5

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import machine_facts, run_child
+from _common import fill_synthetic, machine_facts, run_child
 
 BYTES_PER_FRAME = 64 * 64 * (4 + 4 + 1)
 
@@ -32,12 +32,7 @@ def build_set(path, n_frames, n_sources=4):
                                             chunks=(1, 64, 64, 1),
                                             dtype=np.uint8 if g == "seg_map" else np.float32)
                     for g in GROUPS}
-            for start in range(0, per_source, 4096):
-                stop = min(start + 4096, per_source)
-                frames = rng.random((stop - start, 64, 64, 1), dtype=np.float32)
-                data["input"][start:stop] = frames
-                data["target"][start:stop] = frames * 0.01
-                data["seg_map"][start:stop] = frames > 0.5
+            fill_synthetic(data, per_source, rng)
     return per_source * n_sources
 
 

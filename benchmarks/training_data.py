@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from _common import machine_facts, run_child
+from _common import fill_synthetic, machine_facts, run_child
 
 BYTES_PER_FRAME = 64 * 64 * (4 + 4 + 1)
 
@@ -53,12 +53,7 @@ def build_compact(path, n_frames):
         data = {g: f.create_group(g).create_dataset(
             g, shape=(n_frames, 64, 64, 1), chunks=(1, 64, 64, 1),
             dtype=np.uint8 if g == "seg_map" else np.float32) for g in ("input", "target", "seg_map")}
-        for start in range(0, n_frames, 4096):
-            stop = min(start + 4096, n_frames)
-            frames = rng.random((stop - start, 64, 64, 1), dtype=np.float32)
-            data["input"][start:stop] = frames
-            data["target"][start:stop] = frames * 0.01
-            data["seg_map"][start:stop] = frames > 0.5
+        fill_synthetic(data, n_frames, rng)
 
 
 def main():
