@@ -236,6 +236,16 @@ def _add_export(sub):
                    "(input_tensor -> output_tensor), as FCN.save_tf_model")
     p.add_argument("--tf2", metavar="DIR", help="write a TF2 SavedModel with a "
                    "serving_default signature (TF Serving, tf.saved_model.load)")
+    p.add_argument("--onnx", metavar="FILE", help="write ONNX (opset 17) for onnxruntime, "
+                   "deepImageJ and others")
+    p.add_argument("--bioimageio", metavar="ZIP", help="write a bioimage.io model package "
+                   "(ONNX + TF SavedModel weights, test tensors, docs, SHA-256 of every file)")
+    p.add_argument("--training-dir", metavar="DIR", help="with --bioimageio: the training "
+                   "OutputDir, whose config, history.tsv and curves.png are attached")
+    p.add_argument("--training-set", metavar="H5", help="with --bioimageio: the training set, "
+                   "whose sources and checksums are recorded")
+    p.add_argument("--author", action="append", default=None, metavar="NAME",
+                   help="with --bioimageio: an author (repeat for several)")
     p.add_argument("--box", type=_positive_int, default=7,
                    help="box side of the max-count model, pixels (7)")
     p.add_argument("--division", type=float, default=None,
@@ -247,9 +257,20 @@ def _run_export(args):
     from . import export
     from .networks import FCN
 
-    if not (args.fiji or args.tf1 or args.tf2):
-        raise SystemExit("defcon export: error: say what to write: --fiji, --tf1 and/or --tf2")
+    if not (args.fiji or args.tf1 or args.tf2 or args.onnx or args.bioimageio):
+        raise SystemExit("defcon export: error: say what to write: --fiji, --tf1, --tf2, "
+                         "--onnx and/or --bioimageio")
     model = FCN.from_file(args.model)
+    if args.onnx or args.bioimageio:
+        from . import package
+
+        if args.onnx:
+            print(f"wrote {package.export_onnx(model, args.onnx)}")
+        if args.bioimageio:
+            path = package.export_bioimageio(model, args.bioimageio, authors=args.author,
+                                             training_dir=args.training_dir,
+                                             training_set=args.training_set)
+            print(f"wrote {path} (check it with: defcon info {path})")
     if args.fiji:
         folder = export.export_fiji(model, args.fiji, box=args.box, division=args.division)
         print(f"wrote {folder}: copy it into Fiji.app/plugins/ (see its README.txt)")

@@ -21,12 +21,16 @@ def describe(path):
     str
         Several lines of text.
     """
+    from .package_reader import describe_package, is_package
+
     path = existing_file(path, "file")
+    if is_package(path):
+        return describe_package(path)
     if path.suffix == ".keras":
         return _describe_model(path)
     if not h5py.is_hdf5(path):
         raise UnsupportedFileError(f"{path}: not a file defcon knows (expected an HDF5 "
-                                   "training set or a .keras / .h5 model)")
+                                   "training set, a .keras / .h5 model or a model package)")
     with h5py.File(path, "r") as f:
         is_set = MARKER in f.attrs
     if not is_set:

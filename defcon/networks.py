@@ -77,7 +77,9 @@ class FCN(keras.Model):
         code from the file runs); original DEFCoN Keras 2 HDF5 models such as
         ``defcon_tf13.h5`` (weights read by layer name; the stored Lambda is
         never unmarshalled); weights-only HDF5 files written by Keras
-        checkpoints (``*.weights.h5`` of Keras 3, or Keras 2 ``save_weights``).
+        checkpoints (``*.weights.h5`` of Keras 3, or Keras 2 ``save_weights``);
+        bioimage.io packages written by defcon (zip or folder; every SHA-256 is
+        checked first, see :func:`defcon.package_reader.load_package`).
 
         Parameters
         ----------
@@ -95,9 +97,15 @@ class FCN(keras.Model):
             The file does not exist.
         ModelFileError
             The file is not a DEFCoN model or its weights do not fit.
+        IntegrityError
+            A package file does not match its checksum, or a zip path is unsafe.
         """
+        from .package_reader import is_package, load_package
+
         path = existing_file(path, "model file")
-        if path.suffix == ".keras":
+        if is_package(path):
+            model = load_package(path)
+        elif path.suffix == ".keras":
             model = _load_keras_file(path)
         elif h5py.is_hdf5(path):
             model = _load_hdf5(path, output)

@@ -30,6 +30,9 @@ COLUMNS = ["frame", "id", "x", "y", "z", "brightness"]
 DEFAULT_DENSITY_SWEEP = (0.0, 2.0)
 ON, DARK1, DARK2, BLEACHED = 0, 1, 2, 3
 _CSV_FORMAT = "%d,%d,%.4f,%.4f,%.4f,%.4f"
+# Positions stay this far below the frame's width and height, so that the
+# CSV's 4 decimals never round a position onto the edge (outside the frame).
+_EDGE = 1e-4
 
 
 @dataclasses.dataclass
@@ -375,7 +378,7 @@ def _frames(n_frames, height, width, seed, p):
     # Fiducials come first in every array; they never change state.
     nf = p.n_fiducials
     ids, next_id = np.arange(1, nf + 1), nf + 1
-    xs, ys = rng.uniform(0, width, nf), rng.uniform(0, height, nf)
+    xs, ys = rng.uniform(0, width - _EDGE, nf), rng.uniform(0, height - _EDGE, nf)
     state, seen, absorbing = np.zeros(0, np.int8), np.zeros(nf, bool), _absorbing(p)
     warned = False
     if p.density_sweep is not None:
@@ -394,8 +397,8 @@ def _frames(n_frames, height, width, seed, p):
         n_inactive -= n_new
         ids = np.concatenate([ids, np.arange(next_id, next_id + n_new)])
         next_id += n_new
-        xs = np.concatenate([xs, rng.uniform(0, width, n_new)])
-        ys = np.concatenate([ys, rng.uniform(0, height, n_new)])
+        xs = np.concatenate([xs, rng.uniform(0, width - _EDGE, n_new)])
+        ys = np.concatenate([ys, rng.uniform(0, height - _EDGE, n_new)])
         seen = np.concatenate([seen, np.zeros(n_new, bool)])
         state = np.concatenate([state, np.full(n_new, ON, np.int8)])
         t0 = np.concatenate([np.zeros(state.size - n_new), t_new])

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from .errors import ConfigError, DefconError
 from .files import atomic_path, existing_file
@@ -46,6 +47,7 @@ SCHEMA = {
         "patience": (int, 3, _NON_NEGATIVE),
         "initialmodel": (Path, None, None),
         "augment": (bool, False, None),
+        "countcalibration": (bool, True, None),
     },
     "SegNet": dict(_STAGE_KEYS),
     "DensityNet": {"lambdafactor": (float, 0.01, _NON_NEGATIVE), **_STAGE_KEYS},
@@ -77,6 +79,7 @@ class TrainingConfig:
     patience: int
     initialmodel: Path
     augment: bool
+    countcalibration: bool
     seg: StageConfig = field(default=None)
     density: StageConfig = field(default=None)
 
@@ -141,6 +144,7 @@ def read_config(config_file):
 _DISPLAY = {"modelname": "ModelName", "trainingsetpath": "TrainingSetPath",
             "outputdir": "OutputDir", "weightdir": "WeightDir", "seed": "Seed",
             "patience": "Patience", "initialmodel": "InitialModel", "augment": "Augment",
+            "countcalibration": "CountCalibration",
             "batchsize": "BatchSize", "numepochs": "NumEpochs",
             "validationsplit": "ValidationSplit", "adamlr": "AdamLR",
             "lambdafactor": "LambdaFactor"}
@@ -239,15 +243,50 @@ def train(config_file, verbose=1):
         for layer in density_model.layers:
             if layer.name in SEGMENTATION_LAYER_NAMES:
                 layer.trainable = False
-        _fit_stage(density_model, "density", config.density, config, h5file,
-                   config.model_file, history, verbose)
-    if not config.model_file.exists():  # NumEpochs = 0 for the density stage
-        with atomic_path(config.model_file) as tmp:
-            density_model.save(tmp)
+        val_batches = _fit_stage(density_model, "density", config.density, config, h5file,
+                                 config.model_file, history, verbose)
+        count_scale = 1.0
+        if val_batches is not None and config.countcalibration:
+            count_scale = _calibrate_count(density_model, val_batches)
+    # The best epoch's weights are restored at the end of fit: save them, calibrated.
+    with atomic_path(config.model_file) as tmp:
+        density_model.save(tmp)
     curves = _plot_curves(history.rows, config.outputdir / "curves.png")
     return {"model": config.model_file, "history": history.path, "curves": curves,
-            "config": config_copy, "seg_weights": seg_weights,
+            "config": config_copy, "seg_weights": seg_weights, "count_scale": count_scale,
             "best_val_count_mae": history.best("density", "val_count_mae")}
+
+
+def _calibrate_count(model, val_batches):
+    """Scale the output so validation counts match their targets on the whole.
+
+    Dropout is active while fitting and off when predicting; after the ReLU
+    layers that follow it, the two regimes differ and the network undercounts
+    at prediction time (by ~6-9 % in our runs). The ``density`` layer is a
+    linear 1x1 convolution without bias, so scaling its kernel by
+    ``sum(targets) / sum(predictions)`` over the validation frames removes
+    that bias exactly for the validation set.
+
+    Returns
+    -------
+    float
+        The factor applied.
+    """
+    predicted = target = 0.0
+    for index in range(len(val_batches)):
+        x, y = val_batches[index]
+        predicted += float(model.predict_on_batch(x).sum(dtype=np.float64))
+        target += float(y.sum(dtype=np.float64))
+    if predicted <= 0 or target <= 0:
+        log.warning("count calibration skipped: validation counts are %.3g (target) and "
+                    "%.3g (predicted)", target, predicted)
+        return 1.0
+    scale = target / predicted
+    layer = model.get_layer("density")
+    layer.set_weights([w * np.float32(scale) for w in layer.get_weights()])
+    log.info("count calibration: predictions scaled by %.4f so validation counts match "
+             "(%.1f emitters in %d batches)", scale, target, len(val_batches))
+    return scale
 
 
 def _copy_matching_weights(source, target):
@@ -258,10 +297,13 @@ def _copy_matching_weights(source, target):
 
 
 def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbose):
-    """Fit one stage; the best epoch (lowest val_loss) is restored and saved."""
+    """Fit one stage; the best epoch (lowest val_loss) is restored and saved.
+
+    Returns the validation batches, or None when the stage has no epochs.
+    """
     if settings.numepochs == 0:
         log.info("stage %s: NumEpochs = 0, skipped", stage)
-        return
+        return None
     n_frames = h5file["input"]["input"].shape[0]
     n_val = max(1, int(round(n_frames * settings.validationsplit)))
     if n_frames - n_val < 1:
@@ -292,6 +334,7 @@ def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbo
     ]
     model.fit(train_batches, validation_data=val_batches, epochs=settings.numepochs,
               callbacks=callbacks, verbose=verbose)
+    return val_batches
 
 
 class _BestModelSaver(keras.callbacks.Callback):

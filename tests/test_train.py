@@ -189,3 +189,17 @@ def test_python_dash_m_and_callable_module(tmp_path, compact_file, write_config)
     assert "Traceback" not in run.stderr
     with pytest.raises(ConfigError):
         defcon.train(config)
+
+
+def test_count_calibration_matches_validation_counts(tmp_path, compact_file, write_config):
+    result = train(write_config(compact_file), verbose=0)
+    model = FCN.from_file(result["model"])
+    with h5py.File(compact_file, "r") as f:
+        n = f["input/input"].shape[0]
+        start = n - round(n * 0.25)
+        x, y = f["input/input"][start:], f["target/target"][start:]
+    predicted = model.predict(x, verbose=0).sum(dtype=np.float64)
+    assert result["count_scale"] != 1.0
+    assert predicted == pytest.approx(y.sum(dtype=np.float64), rel=1e-4)
+    off = write_config(compact_file, extra="CountCalibration = false")
+    assert train(off, verbose=0)["count_scale"] == 1.0

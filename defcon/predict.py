@@ -1,0 +1,636 @@
+"""Density maps and counts for stacks of any length and frame size.
+
+The network runs as one ``tf.function`` of plain TensorFlow ops with the model's
+weights as constants (no Keras call overhead, fused conv + bias + ReLU oneDNN
+kernels). Its transposed convolutions run as sub-pixel convolutions (a 2x2
+convolution giving 2x2 output pixels as channels, then depth-to-space), which
+are 1.5-14x faster than TensorFlow's ``Conv2DBackpropInput`` here. In
+``bfloat16`` the convolutions use AMX/AVX512-BF16 where the CPU has them. A reader
+thread prepares the next batch while the current one runs; frames much larger
+than a batch are cut into tiles overlapping by the receptive field, so results
+and memory do not depend on the frame size.
+
+Counts per frame are density sums; :func:`local_count_map` and
+:func:`max_local_count` give the emitter count in sliding boxes, as
+DEFCoN-ImageJ's local count map. Measured speeds: ``docs/performance.md``.
+"""
+
+import contextlib
+import hashlib
+import logging
+import math
+import mmap
+import queue
+import sys
+import threading
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DefconError, ShapeMismatchError, UnsupportedFileError
+from .files import atomic_path
+from .tiffio import TiffStack
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("float32", "bfloat16")
+#: bfloat16 is 2.5-2.9x faster on an AMX CPU and moves counts by +0.25 %: opt-in.
+DEFAULT_PRECISION = "float32"
+#: Pixels per batch when ``batch_size`` is None: the fastest measured (0.5-2 Mpx
+#: were within a few %, 64 kpx ~1.5x slower) while activations stay ~200 MB.
+BATCH_PIXELS = {"float32": 1 << 19, "bfloat16": 1 << 20}
+#: Frames with more (padded) pixels than this are predicted tile by tile.
+TILE_PIXELS = 1 << 22
+#: Core side of a tile (multiple of 4); each tile adds :func:`receptive_margin` per side.
+TILE_SIZE = 1024
+#: Batches read ahead by the reader thread.
+READ_AHEAD = 2
+OUTPUT_SUFFIXES = (".tif", ".tiff", ".h5", ".hdf5")
+COUNT_COLUMNS = ("frame", "count", "max_local_count")
+_MULTIPLE = 4
+_STAGES = {"seg": ("conv_seg_1", "conv_stride_1", "conv_seg_2", "conv_stride_2", "conv_seg_3",
+                   "deconv_seg_1", "decon_seg_2", "seg"),
+           "density": ("conv_1", "conv_2", "conv_3", "conv_4", "conv_5", "deconv_1",
+                       "deconv_2", "density")}
+
+
+class FrameIndexError(DefconError, IndexError):
+    """A frame index is outside the stack."""
+
+
+# ------------------------------------------------------------------ public API
+def predict_stack(model, stack, batch_size=None, *, precision=None, tile_size=None):
+    """Predict density maps for frames in memory, any frame size.
+
+    Frames are padded at the bottom and right to multiples of 4 by repeating the
+    last row and column, and the density is cropped back.
+
+    Parameters
+    ----------
+    model : FCN
+        A density (or segmentation) network.
+    stack : array_like of shape (H, W), (N, H, W) or (N, H, W, 1)
+        Raw frames of any real dtype; every frame is min-max normalised inside.
+    batch_size : int, optional
+        Frames per network call (default: about ``BATCH_PIXELS[precision]`` pixels).
+    precision : {'float32', 'bfloat16'}, optional
+        Arithmetic of the network (default ``DEFAULT_PRECISION``).
+    tile_size : int, optional
+        Predict frames tile by tile with cores of this side (multiple of 4);
+        default: only frames above ``TILE_PIXELS`` pixels, with ``TILE_SIZE``.
+
+    Returns
+    -------
+    ndarray of shape (N, H, W, 1), float32
+
+    Raises
+    ------
+    ShapeMismatchError
+        ``stack`` does not have one of the shapes above.
+    """
+    frames = _as_frames(stack)
+    runner = _Runner(model, precision, frames.shape[1:], batch_size, tile_size)
+    out = np.empty(frames.shape + (1,), np.float32)
+    batches = ((np.arange(a, min(a + runner.batch, len(frames))), frames[a:a + runner.batch])
+               for a in range(0, len(frames), runner.batch))
+    for positions, density in runner.run(batches):
+        out[positions] = density
+    return out
+
+
+def predict_tiff(model, input_file, index=None, batch_size=None, output=None, progress=False,
+                 *, precision=None, tile_size=None):
+    """Predict density maps for a TIFF stack, streaming it in chunks.
+
+    Parameters
+    ----------
+    model : FCN
+    input_file : str or Path
+        A grey-level TIFF stack (8/16/32-bit integer or float).
+    index : None, int, slice or sequence of int
+        0-based frames to predict (default all; negative ints count from the end).
+    batch_size : int, optional
+        Frames read and predicted at a time (default: ``BATCH_PIXELS[precision]`` pixels).
+    output : str or Path, optional
+        Write densities to this ``.tif``/``.tiff`` (float32 stack) or ``.h5`` file
+        (dataset ``density`` of shape (N, H, W, 1), one frame per chunk, dataset
+        ``frame_index`` and provenance attributes), frame by frame and atomically,
+        so memory stays bounded whatever the stack's length.
+    progress : bool
+        Show a progress bar (frames/s).
+    precision, tile_size
+        See :func:`predict_stack`.
+
+    Returns
+    -------
+    ndarray of shape (N, H, W, 1), float32
+        The densities, when ``output`` is None.
+    ndarray of shape (N,), float64
+        The count (density sum) of every frame, when ``output`` is given.
+
+    Raises
+    ------
+    MissingFileError, UnsupportedFileError
+        The input is missing or not a readable grey-level TIFF, or ``output`` has
+        an unsupported suffix.
+    FrameIndexError
+        ``index`` names a frame outside the stack.
+    """
+    if output is not None and Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UnsupportedFileError(f"{output}: unsupported output type (expected "
+                                   f"{', '.join(OUTPUT_SUFFIXES)})")
+    with TiffStack(input_file) as stack:
+        frames = _frame_selection(index, len(stack), stack.path)
+        shape = (len(frames),) + stack.shape[1:] + (1,)
+        chunks = iter_predict_tiff(model, stack, frames, batch_size, progress,
+                                   precision=precision, tile_size=tile_size)
+        if output is None:
+            out = np.empty(shape, np.float32)
+            with contextlib.closing(chunks):
+                for pos, (_, density) in _positions(chunks):
+                    out[pos] = density
+            return out
+        counts = np.empty(len(frames), np.float64)
+        with contextlib.closing(chunks), DensityWriter(
+                output, shape, source=stack.path, model=getattr(model, "name", ""),
+                frame_index=frames) as writer:
+            for pos, (_, density) in _positions(chunks):
+                writer.write(density)
+                counts[pos] = density.sum(axis=(1, 2, 3), dtype=np.float64)
+        return counts
+
+
+def iter_predict_tiff(model, stack, index=None, batch_size=None, progress=False, *,
+                      precision=None, tile_size=None):
+    """Yield densities of a TIFF stack chunk by chunk, in bounded memory.
+
+    Parameters
+    ----------
+    model : FCN
+    stack : str, Path or TiffStack
+    index, batch_size, progress, precision, tile_size
+        See :func:`predict_tiff`.
+
+    Yields
+    ------
+    frames : ndarray of shape (k,), int
+        0-based indices of the chunk's frames in the stack.
+    density : ndarray of shape (k, H, W, 1), float32
+
+    Examples
+    --------
+    >>> for frames, density in iter_predict_tiff(model, "stack.tif"):
+    ...     rows = count_rows(density, frames + 1)
+    """
+    from tqdm.auto import tqdm
+
+    own = not isinstance(stack, TiffStack)
+    stack = TiffStack(stack) if own else stack
+    try:
+        frames = _frame_selection(index, len(stack), stack.path)
+        runner = _Runner(model, precision, stack.shape[1:], batch_size, tile_size)
+        batches = ((frames[a:a + runner.batch], _read_frames(stack, frames[a:a + runner.batch]))
+                   for a in range(0, len(frames), runner.batch))
+        with tqdm(total=len(frames), unit="frame", disable=not progress,
+                  desc=stack.path.name) as bar, contextlib.closing(runner.run(batches)) as run:
+            for chunk_frames, density in run:  # closed before the stack: the reader stops
+                yield chunk_frames, density
+                bar.update(len(chunk_frames))
+    finally:
+        if own:
+            stack.close()
+
+
+def local_count_map(density, box_size=7):
+    """Emitter count in every ``box_size`` x ``box_size`` box ('valid' positions).
+
+    Parameters
+    ----------
+    density : ndarray of shape (H, W), (N, H, W) or (N, H, W, 1)
+    box_size : int
+
+    Returns
+    -------
+    ndarray of shape (N, H - box_size + 1, W - box_size + 1), float64
+        Or (H - box_size + 1, W - box_size + 1) for a 2-D input.
+
+    Raises
+    ------
+    ShapeMismatchError
+        A frame is smaller than the box.
+    """
+    d = np.asarray(density)
+    two_d = d.ndim == 2
+    d = _as_frames(d, "density")
+    b = int(box_size)
+    n, h, w = d.shape
+    if b < 1 or h < b or w < b:
+        raise ShapeMismatchError(f"density frames of {h} x {w} pixels are smaller than the "
+                                 f"{b} x {b} box (box_size must be 1 to {min(h, w)})")
+    # Summed-area table in float64: every box sum is exact to ~1e-12 relative.
+    sat = np.zeros((n, h + 1, w + 1), np.float64)
+    np.cumsum(d, axis=1, dtype=np.float64, out=sat[:, 1:, 1:])
+    np.cumsum(sat[:, 1:, 1:], axis=2, out=sat[:, 1:, 1:])
+    boxes = sat[:, b:, b:] - sat[:, :-b, b:] - sat[:, b:, :-b] + sat[:, :-b, :-b]
+    return boxes[0] if two_d else boxes
+
+
+def max_local_count(density, box_size=7):
+    """Maximum over each frame of :func:`local_count_map`, shape (N,), float64."""
+    boxes = local_count_map(density, box_size)
+    return boxes.max(axis=(-2, -1)).reshape(-1)
+
+
+def count_rows(density, frames, box_size=7):
+    """Rows ``(frame, count, max_local_count)`` for a chunk of density maps.
+
+    Parameters
+    ----------
+    density : ndarray of shape (k, H, W, 1) or (k, H, W)
+    frames : array_like of int, shape (k,)
+        Frame numbers to write (1-based for CSVs: pass ``indices + 1``).
+    box_size : int
+
+    Returns
+    -------
+    list of tuple (int, float, float)
+        One row per frame, columns ``COUNT_COLUMNS``; write them with ``csv``.
+    """
+    d = _as_frames(density, "density")
+    counts = d.sum(axis=(1, 2), dtype=np.float64)
+    local = max_local_count(d, box_size)
+    return [(int(f), float(c), float(m)) for f, c, m in zip(frames, counts, local)]
+
+
+def receptive_margin():
+    """Input pixels each side that a DEFCoN output pixel depends on, rounded up to 4.
+
+    Propagates the dependency interval of an output pixel back through every
+    layer (TensorFlow 'same' padding), for the four pixel phases of the stride-4
+    grid; tiles overlapping by this margin give the untiled result.
+    """
+    from . import models
+
+    steps = [(kind, k, s) for _, kind, _, k, s in
+             models.SEG_LAYERS + (("seg", "conv", 1, 1, 1),) + models.DENSITY_LAYERS
+             + (("density", "conv", 1, 1, 1),) if kind != "dropout"]
+    radius = 0
+    for phase in range(_MULTIPLE):
+        lo = hi = phase
+        for kind, k, s in reversed(steps):
+            before = (k - 1) // 2 if s == 1 else max(k - s, 0) // 2
+            if kind == "conv":
+                lo, hi = s * lo - before, s * hi - before + k - 1
+            else:
+                lo, hi = math.ceil((lo + before - k + 1) / s), (hi + before) // s
+        radius = max(radius, phase - lo, hi - phase)
+    return -(-radius // _MULTIPLE) * _MULTIPLE
+
+
+class DensityWriter:
+    """Context manager writing density frames to a ``.tif`` or ``.h5`` file atomically.
+
+    ``.tif``/``.tiff``: a float32 stack of (H, W) pages (BigTIFF above 4 GB);
+    ``.h5``/``.hdf5``: dataset ``density`` of ``shape``, one frame per chunk, with
+    attributes ``source_file``, ``model``, ``defcon_version``, and dataset
+    ``frame_index`` (0-based source frames). The file appears at ``path`` only
+    when all ``shape[0]`` frames were written and the block exits normally.
+
+    Parameters
+    ----------
+    path : str or Path
+    shape : tuple of int
+        ``(N, H, W, 1)``.
+    source, model : str
+        Provenance.
+    frame_index : array_like of int, optional
+    """
+
+    def __init__(self, path, shape, source="", model="", frame_index=None):
+        from . import __version__
+
+        self.path, self.shape, self.frame_index = Path(path), tuple(shape), frame_index
+        self.attrs = {"source_file": str(source), "model": str(model),
+                      "defcon_version": __version__}
+        self._written = 0
+
+    def __enter__(self):
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(atomic_path(self.path))
+            if self.path.suffix.lower() in (".h5", ".hdf5"):
+                import h5py
+
+                self._file = stack.enter_context(h5py.File(tmp, "w"))
+                self._data = self._file.create_dataset("density", self.shape, np.float32,
+                                                       chunks=(1,) + self.shape[1:])
+                self._data.attrs.update(self.attrs)
+                if self.frame_index is not None:
+                    self._file["frame_index"] = np.asarray(self.frame_index)
+            else:
+                import tifffile
+
+                big = np.prod(self.shape) * 4 > 2**32 - 2**25
+                self._file = stack.enter_context(tifffile.TiffWriter(tmp, bigtiff=big))
+                self._data = None
+            self._stack = stack.pop_all()
+        return self
+
+    def write(self, density):
+        """Append frames, ndarray of shape (k, H, W, 1)."""
+        k = len(density)
+        if self._written + k > self.shape[0]:
+            raise ShapeMismatchError(f"{self.path}: more than the {self.shape[0]} frames declared")
+        if self._data is not None:
+            self._data[self._written:self._written + k] = density
+        else:
+            for frame in density:
+                self._file.write(frame[..., 0], contiguous=True, photometric="minisblack",
+                                 metadata=self.attrs)
+        self._written += k
+
+    def __exit__(self, *exc):
+        if exc[0] is None and self._written != self.shape[0]:
+            try:
+                raise ShapeMismatchError(f"{self.path}: {self._written} frames written, "
+                                         f"{self.shape[0]} declared")
+            except ShapeMismatchError:
+                exc = sys.exc_info()
+        return self._stack.__exit__(*exc)
+
+
+# ----------------------------------------------------------------- internals
+def _as_frames(stack, what="stack"):
+    a = np.asarray(stack)
+    if a.ndim == 4 and a.shape[-1] == 1:
+        a = a[..., 0]
+    elif a.ndim == 2:
+        a = a[np.newaxis]
+    if a.ndim != 3 or 0 in a.shape or not (np.issubdtype(a.dtype, np.number)
+                                           or a.dtype == bool):
+        raise ShapeMismatchError(f"{what}: got an array of shape {np.shape(stack)} and dtype "
+                                 f"{a.dtype}; expected real (H, W), (N, H, W) or (N, H, W, 1)")
+    return a
+
+
+def _frame_selection(index, n, path):
+    if index is None:
+        return np.arange(n)
+    if isinstance(index, slice):
+        return np.arange(n)[index]
+    frames = np.atleast_1d(np.asarray(index))
+    if frames.ndim != 1 or not np.issubdtype(frames.dtype, np.integer):
+        raise FrameIndexError(f"{path}: index must be None, an int, a slice or a sequence "
+                              f"of ints, got {index!r}")
+    bad = frames[(frames < -n) | (frames >= n)]
+    if bad.size:
+        raise FrameIndexError(f"{path}: frame index {int(bad[0])} outside the stack's {n} "
+                              f"frames (0-based: 0 to {n - 1})")
+    return np.where(frames < 0, frames + n, frames)
+
+
+def _read_frames(stack, frames):
+    """Read frames (in any order) as stored: one read if they are consecutive."""
+    if len(frames) and np.all(np.diff(frames) == 1):
+        out = stack.read(int(frames[0]), int(frames[-1]) + 1)
+    else:
+        out = np.stack([stack.read(int(f), int(f) + 1)[0] for f in frames])
+    # Pages of a memory-mapped stack stay mapped once read and count in the RSS,
+    # which would grow with the stack: drop them (they stay in the page cache).
+    mapping = getattr(getattr(stack, "_memmap", None), "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
+    return out
+
+
+def _positions(chunks):
+    start = 0
+    for chunk in chunks:
+        yield slice(start, start + len(chunk[0])), chunk
+        start += len(chunk[0])
+
+
+def _prefetch(items, depth):
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead."""
+    q, stop, done = queue.Queue(depth), threading.Event(), object()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                return q.put(item, timeout=0.1)
+            except queue.Full:
+                pass
+
+    def work():
+        try:
+            for item in items:
+                put(item)
+                if stop.is_set():
+                    return
+            put(done)
+        except BaseException as err:  # re-raised in the consuming thread
+            put(err)
+
+    thread = threading.Thread(target=work, name="defcon-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _pad(frames, height, width):
+    """Float32 (k, height, width, 1) frames from (k, h, w), last row and column repeated."""
+    k, h, w = frames.shape
+    if (h, w) == (height, width) and frames.dtype == np.float32:
+        return np.ascontiguousarray(frames)[..., np.newaxis]
+    out = np.empty((k, height, width, 1), np.float32)
+    out[:, :h, :w, 0] = frames
+    out[:, :h, w:, 0] = out[:, :h, w - 1:w, 0]
+    out[:, h:, :, 0] = out[:, h - 1:h, :, 0]
+    return out
+
+
+class _Runner:
+    """Batching, padding, tiling and the reader thread around one network."""
+
+    def __init__(self, model, precision, frame_shape, batch_size, tile_size):
+        self.net = _network(model, precision or DEFAULT_PRECISION)
+        self.h, self.w = frame_shape
+        self.hp, self.wp = (-(-n // _MULTIPLE) * _MULTIPLE for n in frame_shape)
+        if tile_size is None and self.hp * self.wp > TILE_PIXELS and self.net.tileable:
+            tile_size = TILE_SIZE
+        if tile_size is not None and (int(tile_size) < _MULTIPLE or int(tile_size) % _MULTIPLE):
+            raise ValueError(f"tile_size must be a positive multiple of 4, got {tile_size}")
+        self.tile = None if tile_size is None else int(tile_size)
+        auto = max(1, BATCH_PIXELS[self.net.precision] // (self.hp * self.wp))
+        self.batch = 1 if self.tile else (auto if batch_size is None else int(batch_size))
+        if self.batch < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+    def run(self, batches):
+        """Yield ``(key, density (k, h, w, 1))`` for each ``(key, frames (k, h, w))``."""
+        prepared = ((key, _pad(frames, self.hp, self.wp)) for key, frames in batches)
+        with contextlib.closing(_prefetch(prepared, READ_AHEAD)) as items:
+            for key, x in items:
+                density = self._tiled(x) if self.tile else self.net(x, normalize=True)
+                yield key, density[:, :self.h, :self.w]
+
+    def _tiled(self, x):
+        lo = x.min(axis=(1, 2, 3), keepdims=True)
+        span = x.max(axis=(1, 2, 3), keepdims=True) - lo
+        x = (x - lo) / np.where(span > 0, span, np.float32(1))
+        out, m = np.empty_like(x), receptive_margin()
+        for r0, r1, ra, rb in _spans(self.hp, self.tile, m):
+            for c0, c1, ca, cb in _spans(self.wp, self.tile, m):
+                y = self.net(x[:, r0:r1, c0:c1], normalize=False)
+                out[:, r0 + ra:r0 + rb, c0 + ca:c0 + cb] = y[:, ra:rb, ca:cb]
+        return out
+
+
+def _spans(length, core, margin):
+    """Tiles ``(start, stop, keep_start, keep_stop)`` along one padded axis."""
+    for a in range(0, length, core):
+        b = min(a + core, length)
+        lo, hi = max(a - margin, 0), min(b + margin, length)
+        yield lo, hi, a - lo, b - lo
+
+
+# ------------------------------------------------------------------- network
+_CACHE = weakref.WeakKeyDictionary()
+
+
+def _network(model, precision):
+    """The compiled network for ``model``, rebuilt when its weights change."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if getattr(model, "output_kind", None) == "max_count":
+        raise ShapeMismatchError(f"model '{model.name}' returns a max local count, not a map; "
+                                 "predict with its density network and use max_local_count")
+    weights = {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(weights):
+        digest.update(name.encode())
+        for array in weights[name]:
+            digest.update(np.ascontiguousarray(array).tobytes())
+    cached = _CACHE.setdefault(model, {})
+    if cached.get(precision, (None,))[0] != digest.hexdigest():
+        cached[precision] = (digest.hexdigest(), _Network(model, weights, precision))
+    return cached[precision][1]
+
+
+def _expected_shapes(names, layer_specs):
+    shapes, cin = {}, 1
+    for (kind, k, filters), name in zip(layer_specs, names):
+        shapes[name] = (k, k, filters, cin) if kind == "deconv" else (k, k, cin, filters)
+        cin = filters
+    return shapes
+
+
+def _stages(model, weights):
+    """Layer names of each stage if ``model`` is a DEFCoN network, else None."""
+    from . import models
+
+    kinds = {"seg": ["seg"], "density": ["seg", "density"], "both": ["seg", "density"]}
+    stages = kinds.get(getattr(model, "output_kind", None))
+    specs = {"seg": models.SEG_LAYERS, "density": models.DENSITY_LAYERS}
+    for stage in stages or ():
+        layer_specs = [(kind, k, f) for _, kind, f, k, _ in specs[stage] if kind != "dropout"]
+        expected = _expected_shapes(_STAGES[stage], layer_specs + [("conv", 1, 1)])
+        if any(name not in weights or weights[name][0].shape != shape
+               for name, shape in expected.items()):
+            return None
+    return [_STAGES[stage] for stage in stages] if stages else None
+
+
+class _Network:
+    """``net(x, normalize)``: density (or seg) maps of float32 ``(n, H, W, 1)``, H, W % 4 == 0."""
+
+    def __init__(self, model, weights, precision):
+        import tensorflow as tf
+
+        names = _stages(model, weights)
+        self.precision, self.tileable = precision, names is not None
+        spec = [tf.TensorSpec([None, None, None, 1], tf.float32)]
+        if names is None:
+            log.info("model '%s' is not a standard DEFCoN network: running it as it is "
+                     "(float32, untiled)", model.name)
+            self._fns = {True: tf.function(lambda x: model(x, training=False),
+                                           input_signature=spec)}
+            return
+        dtype = tf.as_dtype(precision)
+        stages = [[[tf.constant(a, dtype) for a in arrays] for arrays in _stage_weights(
+            weights, stage)] for stage in names]
+
+        def body(x):
+            x = tf.cast(x, dtype)
+            for i, stage in enumerate(stages):
+                x = _stage(tf, tf.sigmoid(x) if i else x, stage)
+            return tf.cast(tf.sigmoid(x) if len(stages) == 1 else x, tf.float32)
+
+        self._fns = {False: tf.function(body, input_signature=spec),
+                     True: tf.function(lambda x: body(_histnorm(tf, x)), input_signature=spec)}
+
+    def __call__(self, x, normalize=True):
+        return self._fns[normalize](x).numpy()
+
+
+def _histnorm(tf, x):
+    lo = tf.reduce_min(x, axis=(1, 2, 3), keepdims=True)
+    span = tf.reduce_max(x, axis=(1, 2, 3), keepdims=True) - lo
+    return (x - lo) / tf.where(span > 0, span, tf.ones_like(span))
+
+
+def _stage(tf, x, t):
+    """One DEFCoN stage, (n, H, W, 1) -> (n, H, W, 1).
+
+    The two transposed convolutions run as sub-pixel convolutions: the last one
+    returns 2x2 pixel blocks as channels, so the final 1x1 convolution also runs
+    on blocks, and one depth-to-space gives the full-resolution map.
+    """
+    def conv(x, wb, stride=1, pad=False):
+        if pad:  # the sub-pixel kernels look one block up and left
+            x = tf.pad(x, [[0, 0], [1, 0], [1, 0], [0, 0]])
+        y = tf.nn.conv2d(x, wb[0], stride, "VALID" if pad else "SAME")
+        return tf.nn.relu(tf.nn.bias_add(y, wb[1])) if len(wb) > 1 else y
+
+    x = conv(conv(conv(conv(conv(x, t[0]), t[1], stride=2), t[2]), t[3], stride=2), t[4])
+    x = tf.nn.depth_to_space(conv(x, t[5], pad=True), 2)
+    return tf.nn.depth_to_space(conv(conv(x, t[6], pad=True), t[7]), 2)
+
+
+def _stage_weights(weights, names):
+    """Kernels (and biases) of :func:`_stage` from one stage's Keras weights."""
+    w = [weights[n] for n in names]
+    tile = lambda b: np.tile(b, 4)  # block channels are ordered (row, column, channel)
+    return [w[0], w[1], w[2], w[3], w[4], (_deconv_on_blocks(w[5][0]), tile(w[5][1])),
+            (_deconv_on_blocks(w[6][0]), tile(w[6][1])), (_pointwise_on_blocks(w[7][0]),)]
+
+
+def _deconv_on_blocks(w):
+    """Transposed stride-2 'same' conv, Keras kernel (3, 3, co, ci) -> sub-pixel conv.
+
+    Output block (i, j) of the 2x2 'valid' conv, after padding one block at the
+    top and left, holds the 2x2 output pixels (2i + a, 2j + b) in channels
+    ``(2a + b) * co + c``: output pixel 2m + a gets kernel tap d from input m - (d - a) / 2.
+    """
+    k, _, co, ci = w.shape
+    out = np.zeros((2, 2, ci, 4 * co), np.float32)
+    for a, b, dy, dx in np.ndindex(2, 2, k, k):
+        if (dy - a) % 2 == 0 and (dx - b) % 2 == 0:
+            dst = (2 * a + b) * co
+            out[1 + (a - dy) // 2, 1 + (b - dx) // 2, :, dst:dst + co] += w[dy, dx].T
+    return out
+
+
+def _pointwise_on_blocks(w):
+    """1x1 conv (1, 1, ci, co) -> block-diagonal 1x1 conv (4ci -> 4co)."""
+    ci, co = w.shape[2:]
+    out = np.zeros((1, 1, 4 * ci, 4 * co), np.float32)
+    for q in range(4):
+        out[0, 0, q * ci:(q + 1) * ci, q * co:(q + 1) * co] = w[0, 0]
+    return out
