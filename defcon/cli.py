@@ -208,8 +208,9 @@ def _run_predict(args):
         tmp = files.enter_context(atomic_path(counts_path))
         table = csv.writer(files.enter_context(open(tmp, "w", newline="")))
         table.writerow(COUNT_COLUMNS)
-        for frames, density in iter_predict_tiff(model, stack, batch_size=args.batch_size,
-                                                 progress=True):
+        chunks = files.enter_context(contextlib.closing(iter_predict_tiff(
+            model, stack, batch_size=args.batch_size, progress=True)))
+        for frames, density in chunks:
             if writer is not None:
                 writer.write(density)
             rows = count_rows(density, frames + 1, args.box)

@@ -37,6 +37,10 @@ class DuplicateNameError(TrainingSetError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class FrameIndexError(DefconError, IndexError):
+    """A frame index is outside the stack."""
+
+
 class ConfigError(DefconError, ValueError):
     """A training configuration file has a wrong key, value, type or path."""
 

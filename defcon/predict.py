@@ -1,14 +1,10 @@
 """Density maps and counts for stacks of any length and frame size.
 
-The network runs as one ``tf.function`` of plain TensorFlow ops with the model's
-weights as constants (no Keras call overhead, fused conv + bias + ReLU oneDNN
-kernels). Its transposed convolutions run as sub-pixel convolutions (a 2x2
-convolution giving 2x2 output pixels as channels, then depth-to-space), which
-are 1.5-14x faster than TensorFlow's ``Conv2DBackpropInput`` here. In
-``bfloat16`` the convolutions use AMX/AVX512-BF16 where the CPU has them. A reader
-thread prepares the next batch while the current one runs; frames much larger
-than a batch are cut into tiles overlapping by the receptive field, so results
-and memory do not depend on the frame size.
+The network runs compiled (:mod:`defcon.engine`). A reader thread prepares the
+next batch while the current one runs; frames are padded to multiples of 4 by
+edge replication and cropped back; frames much larger than a batch are cut
+into tiles overlapping by the receptive field, so results and memory do not
+depend on the frame size.
 
 Counts per frame are density sums; :func:`local_count_map` and
 :func:`max_local_count` give the emitter count in sliding boxes, as
@@ -16,27 +12,22 @@ DEFCoN-ImageJ's local count map. Measured speeds: ``docs/performance.md``.
 """
 
 import contextlib
-import hashlib
 import logging
 import math
-import mmap
 import queue
 import sys
 import threading
-import weakref
 from pathlib import Path
 
 import numpy as np
 
-from .errors import DefconError, ShapeMismatchError, UnsupportedFileError
+from .engine import DEFAULT_PRECISION, PRECISIONS, compiled_network  # noqa: F401
+from .errors import FrameIndexError, ShapeMismatchError, UnsupportedFileError
 from .files import atomic_path
 from .tiffio import TiffStack
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("float32", "bfloat16")
-#: bfloat16 is 2.5-2.9x faster on an AMX CPU and moves counts by +0.25 %: opt-in.
-DEFAULT_PRECISION = "float32"
 #: Pixels per batch when ``batch_size`` is None: the fastest measured (0.5-2 Mpx
 #: were within a few %, 64 kpx ~1.5x slower) while activations stay ~200 MB.
 BATCH_PIXELS = {"float32": 1 << 19, "bfloat16": 1 << 20}
@@ -49,14 +40,6 @@ READ_AHEAD = 2
 OUTPUT_SUFFIXES = (".tif", ".tiff", ".h5", ".hdf5")
 COUNT_COLUMNS = ("frame", "count", "max_local_count")
 _MULTIPLE = 4
-_STAGES = {"seg": ("conv_seg_1", "conv_stride_1", "conv_seg_2", "conv_stride_2", "conv_seg_3",
-                   "deconv_seg_1", "decon_seg_2", "seg"),
-           "density": ("conv_1", "conv_2", "conv_3", "conv_4", "conv_5", "deconv_1",
-                       "deconv_2", "density")}
-
-
-class FrameIndexError(DefconError, IndexError):
-    """A frame index is outside the stack."""
 
 
 # ------------------------------------------------------------------ public API
@@ -395,11 +378,6 @@ def _read_frames(stack, frames):
         out = stack.read(int(frames[0]), int(frames[-1]) + 1)
     else:
         out = np.stack([stack.read(int(f), int(f) + 1)[0] for f in frames])
-    # Pages of a memory-mapped stack stay mapped once read and count in the RSS,
-    # which would grow with the stack: drop them (they stay in the page cache).
-    mapping = getattr(getattr(stack, "_memmap", None), "_mmap", None)
-    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
-        mapping.madvise(mmap.MADV_DONTNEED)
     return out
 
 
@@ -459,7 +437,7 @@ class _Runner:
     """Batching, padding, tiling and the reader thread around one network."""
 
     def __init__(self, model, precision, frame_shape, batch_size, tile_size):
-        self.net = _network(model, precision or DEFAULT_PRECISION)
+        self.net = compiled_network(model, precision or DEFAULT_PRECISION)
         self.h, self.w = frame_shape
         self.hp, self.wp = (-(-n // _MULTIPLE) * _MULTIPLE for n in frame_shape)
         if tile_size is None and self.hp * self.wp > TILE_PIXELS and self.net.tileable:
@@ -498,139 +476,3 @@ def _spans(length, core, margin):
         b = min(a + core, length)
         lo, hi = max(a - margin, 0), min(b + margin, length)
         yield lo, hi, a - lo, b - lo
-
-
-# ------------------------------------------------------------------- network
-_CACHE = weakref.WeakKeyDictionary()
-
-
-def _network(model, precision):
-    """The compiled network for ``model``, rebuilt when its weights change."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if getattr(model, "output_kind", None) == "max_count":
-        raise ShapeMismatchError(f"model '{model.name}' returns a max local count, not a map; "
-                                 "predict with its density network and use max_local_count")
-    weights = {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
-    digest = hashlib.blake2b(digest_size=16)
-    for name in sorted(weights):
-        digest.update(name.encode())
-        for array in weights[name]:
-            digest.update(np.ascontiguousarray(array).tobytes())
-    cached = _CACHE.setdefault(model, {})
-    if cached.get(precision, (None,))[0] != digest.hexdigest():
-        cached[precision] = (digest.hexdigest(), _Network(model, weights, precision))
-    return cached[precision][1]
-
-
-def _expected_shapes(names, layer_specs):
-    shapes, cin = {}, 1
-    for (kind, k, filters), name in zip(layer_specs, names):
-        shapes[name] = (k, k, filters, cin) if kind == "deconv" else (k, k, cin, filters)
-        cin = filters
-    return shapes
-
-
-def _stages(model, weights):
-    """Layer names of each stage if ``model`` is a DEFCoN network, else None."""
-    from . import models
-
-    kinds = {"seg": ["seg"], "density": ["seg", "density"], "both": ["seg", "density"]}
-    stages = kinds.get(getattr(model, "output_kind", None))
-    specs = {"seg": models.SEG_LAYERS, "density": models.DENSITY_LAYERS}
-    for stage in stages or ():
-        layer_specs = [(kind, k, f) for _, kind, f, k, _ in specs[stage] if kind != "dropout"]
-        expected = _expected_shapes(_STAGES[stage], layer_specs + [("conv", 1, 1)])
-        if any(name not in weights or weights[name][0].shape != shape
-               for name, shape in expected.items()):
-            return None
-    return [_STAGES[stage] for stage in stages] if stages else None
-
-
-class _Network:
-    """``net(x, normalize)``: density (or seg) maps of float32 ``(n, H, W, 1)``, H, W % 4 == 0."""
-
-    def __init__(self, model, weights, precision):
-        import tensorflow as tf
-
-        names = _stages(model, weights)
-        self.precision, self.tileable = precision, names is not None
-        spec = [tf.TensorSpec([None, None, None, 1], tf.float32)]
-        if names is None:
-            log.info("model '%s' is not a standard DEFCoN network: running it as it is "
-                     "(float32, untiled)", model.name)
-            self._fns = {True: tf.function(lambda x: model(x, training=False),
-                                           input_signature=spec)}
-            return
-        dtype = tf.as_dtype(precision)
-        stages = [[[tf.constant(a, dtype) for a in arrays] for arrays in _stage_weights(
-            weights, stage)] for stage in names]
-
-        def body(x):
-            x = tf.cast(x, dtype)
-            for i, stage in enumerate(stages):
-                x = _stage(tf, tf.sigmoid(x) if i else x, stage)
-            return tf.cast(tf.sigmoid(x) if len(stages) == 1 else x, tf.float32)
-
-        self._fns = {False: tf.function(body, input_signature=spec),
-                     True: tf.function(lambda x: body(_histnorm(tf, x)), input_signature=spec)}
-
-    def __call__(self, x, normalize=True):
-        return self._fns[normalize](x).numpy()
-
-
-def _histnorm(tf, x):
-    lo = tf.reduce_min(x, axis=(1, 2, 3), keepdims=True)
-    span = tf.reduce_max(x, axis=(1, 2, 3), keepdims=True) - lo
-    return (x - lo) / tf.where(span > 0, span, tf.ones_like(span))
-
-
-def _stage(tf, x, t):
-    """One DEFCoN stage, (n, H, W, 1) -> (n, H, W, 1).
-
-    The two transposed convolutions run as sub-pixel convolutions: the last one
-    returns 2x2 pixel blocks as channels, so the final 1x1 convolution also runs
-    on blocks, and one depth-to-space gives the full-resolution map.
-    """
-    def conv(x, wb, stride=1, pad=False):
-        if pad:  # the sub-pixel kernels look one block up and left
-            x = tf.pad(x, [[0, 0], [1, 0], [1, 0], [0, 0]])
-        y = tf.nn.conv2d(x, wb[0], stride, "VALID" if pad else "SAME")
-        return tf.nn.relu(tf.nn.bias_add(y, wb[1])) if len(wb) > 1 else y
-
-    x = conv(conv(conv(conv(conv(x, t[0]), t[1], stride=2), t[2]), t[3], stride=2), t[4])
-    x = tf.nn.depth_to_space(conv(x, t[5], pad=True), 2)
-    return tf.nn.depth_to_space(conv(conv(x, t[6], pad=True), t[7]), 2)
-
-
-def _stage_weights(weights, names):
-    """Kernels (and biases) of :func:`_stage` from one stage's Keras weights."""
-    w = [weights[n] for n in names]
-    tile = lambda b: np.tile(b, 4)  # block channels are ordered (row, column, channel)
-    return [w[0], w[1], w[2], w[3], w[4], (_deconv_on_blocks(w[5][0]), tile(w[5][1])),
-            (_deconv_on_blocks(w[6][0]), tile(w[6][1])), (_pointwise_on_blocks(w[7][0]),)]
-
-
-def _deconv_on_blocks(w):
-    """Transposed stride-2 'same' conv, Keras kernel (3, 3, co, ci) -> sub-pixel conv.
-
-    Output block (i, j) of the 2x2 'valid' conv, after padding one block at the
-    top and left, holds the 2x2 output pixels (2i + a, 2j + b) in channels
-    ``(2a + b) * co + c``: output pixel 2m + a gets kernel tap d from input m - (d - a) / 2.
-    """
-    k, _, co, ci = w.shape
-    out = np.zeros((2, 2, ci, 4 * co), np.float32)
-    for a, b, dy, dx in np.ndindex(2, 2, k, k):
-        if (dy - a) % 2 == 0 and (dx - b) % 2 == 0:
-            dst = (2 * a + b) * co
-            out[1 + (a - dy) // 2, 1 + (b - dx) // 2, :, dst:dst + co] += w[dy, dx].T
-    return out
-
-
-def _pointwise_on_blocks(w):
-    """1x1 conv (1, 1, ci, co) -> block-diagonal 1x1 conv (4ci -> 4co)."""
-    ci, co = w.shape[2:]
-    out = np.zeros((1, 1, 4 * ci, 4 * co), np.float32)
-    for q in range(4):
-        out[0, 0, q * ci:(q + 1) * ci, q * co:(q + 1) * co] = w[0, 0]
-    return out

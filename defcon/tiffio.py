@@ -6,6 +6,7 @@ is uncompressed and contiguous, else page by page.
 """
 
 import logging
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -89,13 +90,21 @@ class TiffStack:
         return (n_frames, shape[-2], shape[-1]), dtype, series
 
     def _try_memmap(self):
-        try:
-            mapped = tifffile.memmap(self.path, mode="r")
-        except (ValueError, OSError):
+        """Map uncompressed contiguous pixel data; None when pages must be read."""
+        offset = self._series.dataoffset
+        if offset is None:
             return None  # compressed or scattered pages: read page by page
-        if mapped.size != int(np.prod(self.shape)):
-            return None
-        return mapped.reshape(self.shape)
+        self._file = open(self.path, "rb")
+        self._mapping = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        dtype = self.dtype.newbyteorder(self._tif.byteorder)
+        return np.frombuffer(self._mapping, dtype, count=int(np.prod(self.shape)),
+                             offset=offset).reshape(self.shape)
+
+    def _release_pages(self):
+        # Pages read through the map would otherwise count in the process's
+        # resident memory and grow with the stack; they stay in the page cache.
+        if hasattr(mmap, "MADV_DONTNEED"):
+            self._mapping.madvise(mmap.MADV_DONTNEED)
 
     def __len__(self):
         return self.shape[0]
@@ -108,7 +117,10 @@ class TiffStack:
 
     def close(self):
         """Release the file and its memory map."""
-        self._memmap = None
+        if self._memmap is not None:
+            self._memmap = None
+            self._mapping.close()
+            self._file.close()
         self._tif.close()
 
     def __repr__(self):
@@ -123,7 +135,9 @@ class TiffStack:
         """
         stop = self.shape[0] if stop is None else min(stop, self.shape[0])
         if self._memmap is not None:
-            return np.array(self._memmap[start:stop])
+            frames = self._memmap[start:stop].astype(self.dtype.newbyteorder("="))
+            self._release_pages()
+            return frames
         if self.shape[0] == 1:
             return self._series.asarray().reshape(self.shape)[start:stop]
         pages = self._tif.asarray(key=range(start, stop), series=0)

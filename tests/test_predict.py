@@ -107,9 +107,9 @@ def test_bfloat16_counts_are_close_to_float32(model, frames, density):
 def test_compiled_networks_are_reused_until_the_weights_change(frames):
     net = FCN(output="density", seed=0)
     before = P.predict_stack(net, frames[:1])
-    compiled = P._network(net, "float32")
+    compiled = P.compiled_network(net, "float32")
     P.predict_stack(net, frames[:1], precision="bfloat16")
-    assert P._network(net, "float32") is compiled
+    assert P.compiled_network(net, "float32") is compiled
     net.get_layer("density").set_weights([2 * net.get_layer("density").get_weights()[0]])
     np.testing.assert_allclose(P.predict_stack(net, frames[:1]), 2 * before, rtol=1e-5, atol=1e-7)
 
