@@ -72,7 +72,39 @@ def main():
     print(f"   count error per frame: mean {error.mean():.2f}, median {np.median(error):.2f} "
           f"({100 * error.sum() / truth.sum():.1f} % of all emitters)")
     print(f"   density maps: {out / 'heldout_density.tif'}")
+    overlay = plot_overlay(held, out / "heldout_density.tif", counts, truth, out / "overlay.png")
+    print(f"   a crowded frame beside its density map: {overlay}")
     print(f"done in {(time.perf_counter() - start) / 60:.1f} min; everything is in {out}")
+
+
+def plot_overlay(simulation, density_file, counts, truth, path):
+    """PNG of the most crowded held-out frame, its density map and the true positions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import tifffile
+
+    index = int(np.argmax(truth))
+    frame = tifffile.imread(simulation["stack"], key=index)
+    density = tifffile.imread(density_file, key=index)
+    emitters = pd.read_csv(simulation["frame_logger"]).query(f"frame == {index + 1} and "
+                                                               "brightness > 250")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.4))
+    axes[0].imshow(frame, cmap="gray")
+    axes[0].set_title(f"frame {index + 1}: {truth[index]} emitters")
+    axes[1].imshow(density, cmap="magma")
+    axes[1].set_title(f"density map: count {counts[index]:.1f}")
+    for ax in axes:
+        # Pixel (r, c) is centred at (c + 0.5, r + 0.5); imshow centres it at (c, r).
+        ax.scatter(emitters.x - 0.5, emitters.y - 0.5, s=12, facecolors="none",
+                   edgecolors="cyan", linewidths=0.8)
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":
