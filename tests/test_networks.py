@@ -138,3 +138,16 @@ def test_density_loss_is_pixel_plus_lambda_count():
     count = (y_true.sum(axis=(1, 2, 3)) - y_pred.sum(axis=(1, 2, 3))) ** 2
     loss = float(DensityLoss(0.01)(y_true, y_pred))
     assert loss == pytest.approx(np.mean(pixel + 0.01 * count), rel=1e-5)
+
+
+def test_pretrained_model_counts_simulated_emitters():
+    from defcon.groundtruth import count_per_frame
+    from defcon.simulate import simulate_stack
+
+    model = FCN.pretrained()
+    assert model.output_kind == "density"
+    stack, truth = simulate_stack(120, 64, 48, seed=7, density_sweep=True)
+    counts = model.predict_stack(stack)[..., 0].sum(axis=(1, 2))
+    expected = count_per_frame(truth, 120, height=64, width=48)
+    assert expected.max() >= 30
+    assert np.abs(counts - expected).sum() / expected.sum() < 0.12

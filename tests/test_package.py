@@ -220,3 +220,21 @@ def test_export_refuses_bad_arguments_and_leaves_old_files_alone(model, tmp_path
         export_bioimageio(model, old, test_frame=raw_frames((32, 48), seed=2))
     assert old.read_bytes() == b"previous package"
     assert [p.name for p in tmp_path.iterdir()] == ["old.zip"]
+
+
+def test_cli_exports_and_describes_packages_and_from_file_opens_them(trained, compact_file,
+                                                                     model, tmp_path, capsys):
+    from defcon.cli import main
+
+    zip_path, onnx_path = tmp_path / "cli.zip", tmp_path / "cli.onnx"
+    assert main(["export", str(trained["model"]), "--bioimageio", str(zip_path), "--onnx",
+                 str(onnx_path), "--training-dir", str(trained["model"].parent),
+                 "--training-set", str(compact_file), "--author", "A. Person"]) == 0
+    assert zip_path.exists() and onnx_path.exists()
+    capsys.readouterr()
+    assert main(["info", str(zip_path)]) == 0
+    text = capsys.readouterr().out
+    assert "onnx" in text and "A. Person" in text
+    loaded = FCN.from_file(zip_path)
+    frames = raw_frames((1, 32, 44, 1), seed=4)
+    assert_same_predictions(loaded.predict(frames, verbose=0), model.predict(frames, verbose=0))
