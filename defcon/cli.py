@@ -28,6 +28,10 @@ EPILOG = """workflow:
 """
 
 
+MODEL_HELP = ("model file: .keras, the original DEFCoN .h5, a Keras weights file or a "
+              "bioimage.io package (.zip)")
+
+
 def _positive_int(text):
     value = int(text)
     if value < 1:
@@ -167,7 +171,7 @@ def _add_predict(sub):
                        "(8/16-bit or float, any frame size), streaming it, and write the count "
                        "and the maximum local count of every frame to a CSV "
                        "(frame,count,max_local_count; frames 1-based).")
-    p.add_argument("model", help="model: .keras, original DEFCoN .h5, or weights file")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("stack", help="TIFF stack to count")
     p.add_argument("--out", help="also write the density maps to this .tif or .h5 file")
     p.add_argument("--counts", help="counts CSV (default: STACK_counts.csv beside the stack)")
@@ -231,7 +235,7 @@ def _add_export(sub):
                        "that the DEFCoN-ImageJ plugin and defcon's Fiji plugin load) and a "
                        "README.txt; copy DEFCoN/ into Fiji.app/plugins/ (or give "
                        "Fiji.app/plugins as DIR).")
-    p.add_argument("model", help="model: .keras, original DEFCoN .h5, or weights file")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--fiji", metavar="DIR", help="write DIR/DEFCoN/ for Fiji")
     p.add_argument("--tf1", metavar="DIR", help="write one TF1-compatible SavedModel "
                    "(input_tensor -> output_tensor), as FCN.save_tf_model")
