@@ -8,6 +8,8 @@ Usage: python benchmarks/training_data.py [--gib 4.2] [--frames 2048] [--folder 
    the second epoch (the first includes graph building) and the ratio.
 2. Streams 200 batches drawn from every part of a set of GIB GiB and reports
    that process's peak RSS.
+
+The streamed side is what training uses: CompactSetBatches.dataset().
 """
 
 import argparse
@@ -41,7 +43,8 @@ if {source!r} == "memory":
     model.fit(x, y, batch_size=32, epochs=2, shuffle=True, verbose=0, callbacks=[timer])
 else:
     data = CompactSetBatches(f, "density", (0, {frames}), 32, shuffle=True, seed=0)
-    model.fit(data, epochs=2, verbose=0, callbacks=[timer], steps_per_epoch={steps})
+    model.fit(data.dataset().repeat(), epochs=2, verbose=0, callbacks=[timer],
+              steps_per_epoch={steps}, shuffle=False)
 print(json.dumps({{"samples_per_s": {frames} / (times[3] - times[2]),
                    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """

@@ -332,8 +332,9 @@ def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbo
                                           min_lr=settings.adamlr / 64, verbose=0),
         history.callback(stage),
     ]
-    model.fit(train_batches, validation_data=val_batches, epochs=settings.numepochs,
-              callbacks=callbacks, verbose=verbose)
+    model.fit(train_batches.dataset(), validation_data=val_batches.dataset(),
+              epochs=settings.numepochs, callbacks=callbacks, verbose=verbose,
+              shuffle=False)  # the batches shuffle themselves, in bounded blocks
     return val_batches
 
 
