@@ -179,6 +179,9 @@ def _add_predict(sub):
                    help="side of the box for the maximum local count, pixels (7)")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="frames per batch (default: about half a megapixel per batch)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="bfloat16 is ~2.5x faster on CPUs with AMX/AVX512-BF16; counts move "
+                   "by ~0.25 %% (float32)")
     p.set_defaults(run=_run_predict)
 
 
@@ -213,7 +216,8 @@ def _run_predict(args):
         table = csv.writer(files.enter_context(open(tmp, "w", newline="")))
         table.writerow(COUNT_COLUMNS)
         chunks = files.enter_context(contextlib.closing(iter_predict_tiff(
-            model, stack, batch_size=args.batch_size, progress=True)))
+            model, stack, batch_size=args.batch_size, progress=True,
+            precision=args.precision)))
         for frames, density in chunks:
             if writer is not None:
                 writer.write(density)

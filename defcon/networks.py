@@ -143,24 +143,27 @@ class FCN(keras.Model):
         return FCN(inputs=density.input, outputs=count, name=f"{self.name}_max_count")
 
     # ------------------------------------------------------------- prediction
-    def predict_tiff(self, input_file, index=None, batch_size=None, output=None, progress=False):
+    def predict_tiff(self, input_file, index=None, batch_size=None, output=None, progress=False,
+                     **options):
         """Predict density maps for a TIFF stack, streaming it in chunks.
 
-        See :func:`defcon.predict.predict_tiff` for the parameters.
+        See :func:`defcon.predict.predict_tiff` for the parameters (``options``:
+        ``precision``, ``tile_size``).
         """
         from .predict import predict_tiff
 
         return predict_tiff(self, input_file, index=index, batch_size=batch_size,
-                            output=output, progress=progress)
+                            output=output, progress=progress, **options)
 
-    def predict_stack(self, stack, batch_size=None):
+    def predict_stack(self, stack, batch_size=None, **options):
         """Predict density maps for frames in memory, any frame size.
 
-        See :func:`defcon.predict.predict_stack` for the parameters.
+        See :func:`defcon.predict.predict_stack` for the parameters (``options``:
+        ``precision``, ``tile_size``).
         """
         from .predict import predict_stack
 
-        return predict_stack(self, stack, batch_size=batch_size)
+        return predict_stack(self, stack, batch_size=batch_size, **options)
 
     # ----------------------------------------------------------------- export
     def save_tf_model(self, export_dir="tf_model", division=None):

@@ -236,3 +236,10 @@ def test_bad_options(model, frames):
         P.predict_stack(model, frames, tile_size=30)
     with pytest.raises(ValueError, match="batch_size"):
         P.predict_stack(model, frames, batch_size=0)
+
+
+def test_fcn_methods_pass_precision_through(model, frames):
+    fp32 = model.predict_stack(frames)
+    bf16 = model.predict_stack(frames, precision="bfloat16")
+    assert bf16.shape == fp32.shape and not np.array_equal(bf16, fp32)
+    np.testing.assert_allclose(bf16.sum(axis=(1, 2, 3)), fp32.sum(axis=(1, 2, 3)), rtol=0.03)
