@@ -11,7 +11,6 @@ from pathlib import Path
 
 import h5py
 import keras
-import numpy as np
 
 from . import models
 from .errors import ModelFileError, UnsupportedFileError
@@ -138,7 +137,7 @@ class FCN(keras.Model):
             the pool size.
         """
         density = FCN(output="density", name=self.name)
-        _copy_weights_by_name(self, density)
+        copy_weights_by_name(self, density)
         count = models.MaxLocalCount(pool, strides, name="max_local_count")(density.output)
         return FCN(inputs=density.input, outputs=count, name=f"{self.name}_max_count")
 
@@ -201,7 +200,7 @@ class FCN(keras.Model):
         output : {'seg', 'density', 'both'}
         """
         new = FCN(output=output, name=self.name)
-        _copy_weights_by_name(self, new)
+        copy_weights_by_name(self, new)
         return new
 
 
@@ -297,7 +296,8 @@ def _load_keras3_weights(path, output):
     return model
 
 
-def _copy_weights_by_name(source, target):
+def copy_weights_by_name(source, target):
+    """Copy the weights of every layer of ``target`` that ``source`` has by name."""
     source_layers = {layer.name: layer for layer in source.layers}
     for layer in target.layers:
         if layer.weights and layer.name in source_layers:

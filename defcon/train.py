@@ -21,7 +21,7 @@ import numpy as np
 from .errors import ConfigError, DefconError
 from .files import atomic_path, existing_file
 from .models import SEGMENTATION_LAYER_NAMES, CountMAE, DensityLoss
-from .networks import FCN
+from .networks import FCN, copy_weights_by_name
 from .streaming import CompactSetBatches, open_compact_set
 
 log = logging.getLogger(__name__)
@@ -232,14 +232,14 @@ def train(config_file, verbose=1):
     with open_compact_set(config.trainingsetpath) as h5file:
         seg_model = FCN(output="seg", seed=config.seed, name=Path(config.modelname).stem)
         if initial is not None:
-            _copy_matching_weights(initial, seg_model)
+            copy_weights_by_name(initial, seg_model)
         seg_weights = config.weightdir / (Path(config.modelname).stem + ".seg.weights.h5")
         _fit_stage(seg_model, "seg", config.seg, config, h5file, seg_weights, history, verbose)
 
         density_model = FCN(output="density", seed=config.seed, name=Path(config.modelname).stem)
         if initial is not None:
-            _copy_matching_weights(initial, density_model)
-        _copy_matching_weights(seg_model, density_model)
+            copy_weights_by_name(initial, density_model)
+        copy_weights_by_name(seg_model, density_model)
         for layer in density_model.layers:
             if layer.name in SEGMENTATION_LAYER_NAMES:
                 layer.trainable = False
@@ -287,13 +287,6 @@ def _calibrate_count(model, val_batches):
     log.info("count calibration: predictions scaled by %.4f so validation counts match "
              "(%.1f emitters in %d batches)", scale, target, len(val_batches))
     return scale
-
-
-def _copy_matching_weights(source, target):
-    source_layers = {layer.name: layer for layer in source.layers if layer.weights}
-    for layer in target.layers:
-        if layer.weights and layer.name in source_layers:
-            layer.set_weights(source_layers[layer.name].get_weights())
 
 
 def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbose):
