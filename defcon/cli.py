@@ -54,15 +54,35 @@ def _add_simulate(sub):
                    "0 to 2 per um^2 (0 to ~80 emitters in 64 x 64 at 100 nm pixels)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="any simulation parameter, e.g. --set photon_rate=1500 --set "
-                   "em_gain=100 --set n_fiducials=2 (see defcon.simulate.SimulationParameters)")
-    p.add_argument("--out", required=True, help="output folder")
+                   "em_gain=100 --set camera=scmos --set layout=filaments --set "
+                   "psf_sigma_px=1.6 (see defcon.simulate.SimulationParameters); applied "
+                   "after --randomize/--conditions")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--randomize", action="store_true",
+                        help="draw the imaging conditions (PSF width, photons, background, "
+                        "camera, pixel size, layout, density sweep) from the ranges defcon's "
+                        "model is trained on (defcon.conditions.TRAINING_RANGES), from --seed")
+    source.add_argument("--conditions", metavar="JSON",
+                        help="imaging conditions from a file (as written to OUT/conditions.json)")
+    p.add_argument("--out", required=True, help="output folder; with --randomize or "
+                   "--conditions it also gets conditions.json, whose brightness_threshold "
+                   "is the one to build with")
     p.set_defaults(run=_run_simulate)
 
 
 def _run_simulate(args):
+    from pathlib import Path
+
+    from . import conditions
     from .simulate import simulate
 
-    params = _parse_assignments(args.set)
+    drawn = None
+    if args.randomize:
+        drawn = conditions.sample_conditions(args.seed, n_frames=args.frames)
+    elif args.conditions:
+        drawn = conditions.read_conditions(args.conditions)
+    args.set_values = _parse_assignments(args.set)
+    params = {**(conditions.simulation_parameters(drawn) if drawn else {}), **args.set_values}
     if args.density_sweep is not None:
         if len(args.density_sweep) not in (0, 2):
             raise SystemExit("defcon simulate: error: --density-sweep takes no value or LOW HIGH")
@@ -73,6 +93,14 @@ def _run_simulate(args):
           f"{summary['width']}) and {summary['frame_logger']}: {summary['n_emitters']} emitters, "
           f"{summary['emitters_per_frame_mean']:.1f} per frame "
           f"({summary['emitters_per_frame_min']} to {summary['emitters_per_frame_max']})")
+    if drawn is not None:
+        drawn = {**drawn, **params}
+        if "photon_rate" in args.set_values:
+            drawn["brightness_threshold"] = conditions.THRESHOLD_FRACTION * params["photon_rate"]
+        conditions.write_conditions(drawn, Path(args.out) / "conditions.json")
+        print(f"conditions: {Path(args.out) / 'conditions.json'} (camera {drawn.get('camera')}, "
+              f"PSF sigma {summary['sigma_px']:.2f} px, layout {drawn.get('layout')}); build "
+              f"with --brightness-threshold {drawn['brightness_threshold']:.1f}")
 
 
 def _parse_assignments(assignments):
@@ -170,7 +198,11 @@ def _add_predict(sub):
                        description="Predict density maps for every frame of a TIFF stack "
                        "(8/16-bit or float, any frame size), streaming it, and write the count "
                        "and the maximum local count of every frame to a CSV "
-                       "(frame,count,max_local_count; frames 1-based).")
+                       "(frame,count,max_local_count,flag; frames 1-based). When the model "
+                       "records its training envelope (the shipped models do), the PSF width "
+                       "of every chunk and the density of every frame are checked against it: "
+                       "frames outside get a flag (psf_wide, psf_narrow, too_dense) and a "
+                       "warning, since their counts may be biased.")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("stack", help="TIFF stack to count")
     p.add_argument("--out", help="also write the density maps to this .tif or .h5 file")
@@ -182,6 +214,8 @@ def _add_predict(sub):
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="bfloat16 is ~2.5x faster on CPUs with AMX/AVX512-BF16; counts move "
                    "by ~0.25 %% (float32)")
+    p.add_argument("--no-envelope-check", action="store_true",
+                   help="skip the training-envelope check (the flag column stays empty)")
     p.set_defaults(run=_run_predict)
 
 
@@ -195,7 +229,8 @@ def _run_predict(args):
     from .errors import ModelFileError
     from .files import atomic_path
     from .networks import FCN
-    from .predict import COUNT_COLUMNS, DensityWriter, count_rows, iter_predict_tiff
+    from .predict import (COUNT_COLUMNS, DensityWriter, count_rows, envelope_check_for,
+                          iter_predict_tiff)
     from .tiffio import TiffStack
 
     model = FCN.from_file(args.model)
@@ -215,20 +250,28 @@ def _run_predict(args):
         tmp = files.enter_context(atomic_path(counts_path))
         table = csv.writer(files.enter_context(open(tmp, "w", newline="")))
         table.writerow(COUNT_COLUMNS)
+        check = None if args.no_envelope_check else envelope_check_for(model, stack.shape[1:])
         chunks = files.enter_context(contextlib.closing(iter_predict_tiff(
             model, stack, batch_size=args.batch_size, progress=True,
-            precision=args.precision)))
+            precision=args.precision, envelope_check=check)))
         for frames, density in chunks:
             if writer is not None:
                 writer.write(density)
             rows = count_rows(density, frames + 1, args.box)
-            table.writerows((f, f"{c:.4f}", f"{m:.4f}") for f, c, m in rows)
+            flags = check.flags(frames, density) if check else [""] * len(rows)
+            table.writerows((f, f"{c:.4f}", f"{m:.4f}", flag)
+                            for (f, c, m), flag in zip(rows, flags))
             counts += [(c, m) for _, c, m in rows]
     counts = np.array(counts)
     print(f"{stack_path}: {len(counts)} frames, {counts[:, 0].sum():.1f} emitters in all, "
           f"{counts[:, 0].mean():.2f} per frame ({counts[:, 0].min():.1f} to "
           f"{counts[:, 0].max():.1f}); densest {args.box}x{args.box} box: "
           f"{counts[:, 1].max():.2f}")
+    if check is not None and check.summary():
+        print(f"warning: {check.summary()}")
+    elif check is None:
+        print("no training envelope checked (the model records none)" if
+              not args.no_envelope_check else "training envelope not checked")
     print(f"counts: {counts_path}" + (f"; density maps: {args.out}" if args.out else ""))
 
 

@@ -13,13 +13,17 @@ import h5py
 import keras
 
 from . import models
-from .errors import ModelFileError, UnsupportedFileError
+from .errors import ConfigError, ModelFileError, UnsupportedFileError
 from .files import existing_file
 
 log = logging.getLogger(__name__)
 
-#: The model shipped with defcon (see :meth:`FCN.pretrained`).
-PRETRAINED = Path(__file__).resolve().parent / "resources" / "defcon_pretrained.keras"
+RESOURCES = Path(__file__).resolve().parent / "resources"
+#: Models shipped with defcon, by name (see :meth:`FCN.pretrained`); each has a
+#: model card ``<name>.md`` beside it.
+PRETRAINED_MODELS = ("defcon-broad-2026b", "defcon-sim-2026a")
+#: The model :meth:`FCN.pretrained` gives without a name.
+DEFAULT_PRETRAINED = "defcon-broad-2026b"
 
 
 @keras.saving.register_keras_serializable(package="defcon")
@@ -52,10 +56,38 @@ class FCN(keras.Model):
     # The positional arguments mirror keras Functional's, so Keras serialises
     # FCN as a functional model (the layer graph), whatever its output.
     def __init__(self, inputs=None, outputs=None, name="defcon", *, output="density",
-                 dropout_rate=0.5, seed=None, **kwargs):
+                 dropout_rate=0.5, seed=None, envelope=None, **kwargs):
         if inputs is None:
             inputs, outputs = models.defcon_graph(output, dropout_rate=dropout_rate, seed=seed)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        self.envelope = envelope
+
+    @property
+    def envelope(self):
+        """The imaging conditions the model was trained on (:class:`defcon.envelope.Envelope`).
+
+        None when unknown (models from elsewhere, or trained without one);
+        saved with the model and checked by prediction.
+        """
+        from .envelope import Envelope
+
+        return Envelope.from_dict(json.loads(self._envelope_json or "null"))
+
+    @envelope.setter
+    def envelope(self, value):
+        from .envelope import Envelope
+
+        if isinstance(value, Envelope):
+            value = value.to_dict()
+        # Kept as text: Keras would track a dict as model state.
+        self._envelope_json = None if value is None else json.dumps(Envelope.from_dict(value)
+                                                                    .to_dict())
+
+    def get_config(self):
+        config = super().get_config()
+        if self._envelope_json is not None:
+            config["envelope"] = json.loads(self._envelope_json)
+        return config
 
     @property
     def output_kind(self):
@@ -139,7 +171,8 @@ class FCN(keras.Model):
         density = FCN(output="density", name=self.name)
         copy_weights_by_name(self, density)
         count = models.MaxLocalCount(pool, strides, name="max_local_count")(density.output)
-        return FCN(inputs=density.input, outputs=count, name=f"{self.name}_max_count")
+        return FCN(inputs=density.input, outputs=count, name=f"{self.name}_max_count",
+                   envelope=self.envelope)
 
     # ------------------------------------------------------------- prediction
     def predict_tiff(self, input_file, index=None, batch_size=None, output=None, progress=False,
@@ -175,22 +208,42 @@ class FCN(keras.Model):
         return save_tf1_model(self, export_dir, division=division)
 
     @classmethod
-    def pretrained(cls):
-        """The model trained by defcon and shipped with it.
+    def pretrained(cls, name=None):
+        """A model trained by defcon and shipped with it.
 
-        ``configs/default.ini`` with ``InitialModel`` = the published DEFCoN
-        model, fine-tuned on four simulated 64 x 64 stacks of 4000 frames
-        spanning 0 to about 100 emitters per frame, then count-calibrated. The
-        recipe is ``benchmarks/counting_quality.py --fine-tune``; its counting
-        figures are in docs/performance.md (mean count error 4 % of the count
-        on held-out simulated stacks).
+        ``defcon-broad-2026b`` (the default) was trained on simulated stacks
+        drawn from :data:`defcon.conditions.TRAINING_RANGES`: in-focus PSF sigma
+        0.7-2.5 px, 200-20,000 photons per frame, background up to 300 photons
+        per pixel, EMCCD, sCMOS and CCD cameras, uniform, clustered and filament
+        layouts, 0-360 emitters per 64 x 64 frame. Its training envelope is in
+        its metadata (:attr:`envelope`) and prediction warns outside it.
+        ``defcon-sim-2026a``, the previous model, was fine-tuned from the
+        published DEFCoN model on one simulated microscope (PSF sigma 1.0 px).
+        Each model's card (training data, envelope, benchmark) is
+        ``defcon/resources/<name>.md``.
+
+        Parameters
+        ----------
+        name : str, optional
+            One of :data:`PRETRAINED_MODELS`; default :data:`DEFAULT_PRETRAINED`.
 
         Returns
         -------
         FCN
             A density model.
+
+        Raises
+        ------
+        ConfigError
+            ``name`` is not a shipped model.
         """
-        return cls.from_file(PRETRAINED)
+        name = DEFAULT_PRETRAINED if name is None else name
+        if name not in PRETRAINED_MODELS:
+            raise ConfigError(f"pretrained model {name!r}: expected one of {PRETRAINED_MODELS}")
+        path = RESOURCES / f"{name}.keras"
+        if not path.exists():  # the default before its first training
+            path = RESOURCES / f"{PRETRAINED_MODELS[-1]}.keras"
+        return cls.from_file(path)
 
     def with_output(self, output):
         """Return a new FCN sharing this one's weights, with another output.
@@ -199,7 +252,7 @@ class FCN(keras.Model):
         ----------
         output : {'seg', 'density', 'both'}
         """
-        new = FCN(output=output, name=self.name)
+        new = FCN(output=output, name=self.name, envelope=self.envelope)
         copy_weights_by_name(self, new)
         return new
 

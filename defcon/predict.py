@@ -38,7 +38,7 @@ TILE_SIZE = 1024
 #: Batches read ahead by the reader thread.
 READ_AHEAD = 2
 OUTPUT_SUFFIXES = (".tif", ".tiff", ".h5", ".hdf5")
-COUNT_COLUMNS = ("frame", "count", "max_local_count")
+COUNT_COLUMNS = ("frame", "count", "max_local_count", "flag")
 _MULTIPLE = 4
 
 
@@ -83,7 +83,7 @@ def predict_stack(model, stack, batch_size=None, *, precision=None, tile_size=No
 
 
 def predict_tiff(model, input_file, index=None, batch_size=None, output=None, progress=False,
-                 *, precision=None, tile_size=None):
+                 *, precision=None, tile_size=None, check_envelope=True):
     """Predict density maps for a TIFF stack, streaming it in chunks.
 
     Parameters
@@ -104,6 +104,10 @@ def predict_tiff(model, input_file, index=None, batch_size=None, output=None, pr
         Show a progress bar (frames/s).
     precision, tile_size
         See :func:`predict_stack`.
+    check_envelope : bool
+        When the model records its training envelope, estimate the PSF width
+        of each chunk and the density of each frame, and log a warning naming
+        the frames outside it (see :mod:`defcon.envelope`).
 
     Returns
     -------
@@ -126,26 +130,31 @@ def predict_tiff(model, input_file, index=None, batch_size=None, output=None, pr
     with TiffStack(input_file) as stack:
         frames = _frame_selection(index, len(stack), stack.path)
         shape = (len(frames),) + stack.shape[1:] + (1,)
+        check = envelope_check_for(model, stack.shape[1:]) if check_envelope else None
         chunks = iter_predict_tiff(model, stack, frames, batch_size, progress,
-                                   precision=precision, tile_size=tile_size)
-        if output is None:
-            out = np.empty(shape, np.float32)
-            with contextlib.closing(chunks):
-                for pos, (_, density) in _positions(chunks):
-                    out[pos] = density
-            return out
-        counts = np.empty(len(frames), np.float64)
-        with contextlib.closing(chunks), DensityWriter(
+                                   precision=precision, tile_size=tile_size,
+                                   envelope_check=check)
+        out = np.empty(shape, np.float32) if output is None else np.empty(len(frames))
+        with contextlib.ExitStack() as context:
+            context.enter_context(contextlib.closing(chunks))
+            writer = None if output is None else context.enter_context(DensityWriter(
                 output, shape, source=stack.path, model=getattr(model, "name", ""),
-                frame_index=frames) as writer:
-            for pos, (_, density) in _positions(chunks):
-                writer.write(density)
-                counts[pos] = density.sum(axis=(1, 2, 3), dtype=np.float64)
-        return counts
+                frame_index=frames))
+            for pos, (chunk_frames, density) in _positions(chunks):
+                if check is not None:
+                    check.flags(chunk_frames, density)
+                if writer is None:
+                    out[pos] = density
+                else:
+                    writer.write(density)
+                    out[pos] = density.sum(axis=(1, 2, 3), dtype=np.float64)
+    if check is not None and check.summary():
+        log.warning("%s: %s", Path(input_file).name, check.summary())
+    return out
 
 
 def iter_predict_tiff(model, stack, index=None, batch_size=None, progress=False, *,
-                      precision=None, tile_size=None):
+                      precision=None, tile_size=None, envelope_check=None):
     """Yield densities of a TIFF stack chunk by chunk, in bounded memory.
 
     Parameters
@@ -154,6 +163,9 @@ def iter_predict_tiff(model, stack, index=None, batch_size=None, progress=False,
     stack : str, Path or TiffStack
     index, batch_size, progress, precision, tile_size
         See :func:`predict_tiff`.
+    envelope_check : defcon.envelope.EnvelopeCheck, optional
+        Sees every chunk of raw frames as it is read (in the reader thread);
+        call its ``flags(frames, density)`` for each chunk yielded.
 
     Yields
     ------
@@ -175,6 +187,8 @@ def iter_predict_tiff(model, stack, index=None, batch_size=None, progress=False,
         runner = _Runner(model, precision, stack.shape[1:], batch_size, tile_size)
         batches = ((frames[a:a + runner.batch], _read_frames(stack, frames[a:a + runner.batch]))
                    for a in range(0, len(frames), runner.batch))
+        if envelope_check is not None:
+            batches = _observed(batches, envelope_check)
         with tqdm(total=len(frames), unit="frame", disable=not progress,
                   desc=stack.path.name) as bar, contextlib.closing(runner.run(batches)) as run:
             for chunk_frames, density in run:  # closed before the stack: the reader stops
@@ -183,6 +197,20 @@ def iter_predict_tiff(model, stack, index=None, batch_size=None, progress=False,
     finally:
         if own:
             stack.close()
+
+
+def _observed(batches, envelope_check):
+    for key, frames in batches:
+        envelope_check.observe(key, frames)
+        yield key, frames
+
+
+def envelope_check_for(model, frame_shape):
+    """An :class:`~defcon.envelope.EnvelopeCheck` for the model's envelope, or None."""
+    from .envelope import EnvelopeCheck
+
+    envelope = getattr(model, "envelope", None)
+    return None if envelope is None else EnvelopeCheck(envelope, frame_shape)
 
 
 def local_count_map(density, box_size=7):
@@ -238,7 +266,7 @@ def count_rows(density, frames, box_size=7):
     Returns
     -------
     list of tuple (int, float, float)
-        One row per frame, columns ``COUNT_COLUMNS``; write them with ``csv``.
+        One row per frame: the first three ``COUNT_COLUMNS`` (the CLI adds ``flag``).
     """
     d = _as_frames(density, "density")
     counts = d.sum(axis=(1, 2), dtype=np.float64)

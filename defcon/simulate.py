@@ -21,6 +21,7 @@ import tifffile
 from scipy.special import erf
 from tqdm.auto import tqdm
 
+from . import scene
 from .errors import ConfigError
 from .files import atomic_path
 
@@ -30,9 +31,6 @@ COLUMNS = ["frame", "id", "x", "y", "z", "brightness"]
 DEFAULT_DENSITY_SWEEP = (0.0, 2.0)
 ON, DARK1, DARK2, BLEACHED = 0, 1, 2, 3
 _CSV_FORMAT = "%d,%d,%.4f,%.4f,%.4f,%.4f"
-# Positions stay this far below the frame's width and height, so that the
-# CSV's 4 decimals never round a position onto the edge (outside the frame).
-_EDGE = 1e-4
 
 
 @dataclasses.dataclass
@@ -95,6 +93,33 @@ class SimulationParameters:
         Spacing of the target between the two ends ("log" needs both > 0).
     sweep_blocks : int or None
         If set (>= 2), the target is held constant in that many equal blocks.
+    psf_sigma_px : float or None
+        PSF standard deviation in focus, pixels; None derives it from the
+        wavelength, the NA and the pixel size.
+    defocus_nm : float
+        Fluorophores sit at z uniform in ``[-defocus_nm, defocus_nm]`` (logged in
+        the CSV's ``z`` column); their PSF widens as
+        ``sigma * sqrt(1 + (z / depth_of_focus_nm)**2)``.
+    depth_of_focus_nm : float
+        See ``defocus_nm``.
+    photon_spread : float
+        Standard deviation of the log of each fluorophore's brightness factor
+        (log-normal, median 1): some fluorophores are dimmer or brighter.
+    background_gradient, background_haze : float
+        Relative amplitudes of a linear background ramp and of out-of-focus
+        haze (see :func:`defcon.scene.background_map`); ``background`` stays the mean.
+    camera : {'ccd', 'emccd', 'scmos'} or None
+        Camera model; None means 'emccd' when ``em_gain`` is set, else 'ccd'.
+    pixel_spread : float
+        sCMOS pixel-to-pixel variation (see :class:`defcon.scene.Camera`).
+    bit_depth : int
+        Camera bit depth: ADU values saturate at ``2**bit_depth - 1``.
+    layout : {'uniform', 'clustered', 'filaments'}
+        Where fluorophores sit (see :class:`defcon.scene.Layout`).
+    n_structures : int
+        Clusters or filaments in the frame.
+    structure_spread_px : float
+        Cluster radius, or distance from a filament's axis (standard deviation, pixels).
     """
 
     fluorophore_density: float = 2000.0
@@ -123,6 +148,18 @@ class SimulationParameters:
     density_sweep: tuple[float, float] | bool | None = None
     sweep_mode: str = "linear"
     sweep_blocks: int | None = None
+    psf_sigma_px: float | None = None
+    defocus_nm: float = 0.0
+    depth_of_focus_nm: float = 400.0
+    photon_spread: float = 0.0
+    background_gradient: float = 0.0
+    background_haze: float = 0.0
+    camera: str | None = None
+    pixel_spread: float = 0.02
+    bit_depth: int = 16
+    layout: str = "uniform"
+    n_structures: int = 10
+    structure_spread_px: float = 1.5
 
     def __post_init__(self):
         for name in _NON_NEGATIVE:
@@ -134,6 +171,21 @@ class SimulationParameters:
         if self.em_gain is not None:
             self.em_gain = _number("em_gain", self.em_gain, low=1.0)
         self.n_fiducials = _integer("n_fiducials", self.n_fiducials, minimum=0)
+        self.n_structures = _integer("n_structures", self.n_structures, minimum=1)
+        self.bit_depth = _integer("bit_depth", self.bit_depth, minimum=8)
+        if self.bit_depth > 16:
+            raise ConfigError(f"bit_depth: expected at most 16 (frames are uint16), "
+                              f"got {self.bit_depth}")
+        if self.psf_sigma_px is not None:
+            self.psf_sigma_px = _number("psf_sigma_px", self.psf_sigma_px, strict=True)
+        if self.camera is None:
+            self.camera = "ccd" if self.em_gain is None else "emccd"
+        if self.camera not in scene.CAMERAS or self.layout not in scene.LAYOUTS:
+            bad, options = (("camera", scene.CAMERAS) if self.camera not in scene.CAMERAS
+                            else ("layout", scene.LAYOUTS))
+            raise ConfigError(f"{bad}: expected one of {options}, got {getattr(self, bad)!r}")
+        if self.camera == "emccd" and self.em_gain is None:
+            raise ConfigError("em_gain: camera 'emccd' needs an EM gain (>= 1)")
         for name in ("shot_noise", "log_fiducials"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ConfigError(f"{name}: expected True or False, got {getattr(self, name)!r}")
@@ -163,14 +215,19 @@ class SimulationParameters:
 
     @property
     def sigma_px(self):
-        """Standard deviation of the Gaussian PSF, pixels."""
+        """Standard deviation of the Gaussian PSF in focus, pixels."""
+        if self.psf_sigma_px is not None:
+            return self.psf_sigma_px
         return 0.21 * self.wavelength_nm / self.numerical_aperture / self.pixel_size_nm
 
 
 _NON_NEGATIVE = ["fluorophore_density", "activation_rate", "bleach_rate", "dark1_rate",
                  "dark1_return_rate", "dark2_rate", "dark2_return_rate", "photon_rate",
-                 "background", "read_noise", "dark_current", "baseline", "fiducial_photons"]
-_POSITIVE = ["wavelength_nm", "numerical_aperture", "camera_pixel_nm", "magnification", "adu_gain"]
+                 "background", "read_noise", "dark_current", "baseline", "fiducial_photons",
+                 "defocus_nm", "photon_spread", "background_gradient", "background_haze",
+                 "pixel_spread", "structure_spread_px"]
+_POSITIVE = ["wavelength_nm", "numerical_aperture", "camera_pixel_nm", "magnification", "adu_gain",
+             "depth_of_focus_nm"]
 
 
 def _number(name, value, low=0.0, strict=False, high=None):
@@ -269,17 +326,21 @@ def _sweep_target(i, n_frames, p):
 def _psf_windows(x, y, height, width, sigma):
     """Pixel-integrated Gaussian PSF of each emitter over a window of ±ceil(4 sigma) pixels.
 
-    Returns ``flat`` (N, K) int64 pixel indices into the flattened frame, ``inside``
-    (N, K) bool (pixel in the frame) and ``prob`` (N, K) float64, the fraction of
-    the emitter's photons landing in each pixel, with K = (2 ceil(4 sigma) + 1)².
+    ``sigma`` is a float or one per emitter, shape (N,); the window follows the
+    largest. Returns ``flat`` (N, K) int64 pixel indices into the flattened frame,
+    ``inside`` (N, K) bool (pixel in the frame) and ``prob`` (N, K) float64, the
+    fraction of the emitter's photons landing in each pixel, with
+    K = (2 ceil(4 max sigma) + 1)².
     """
-    half = int(math.ceil(4 * sigma))
+    sigma = np.broadcast_to(np.asarray(sigma, float), np.shape(x))
+    half = int(math.ceil(4 * sigma.max())) if sigma.size else 1
     n, size = len(x), (2 * half + 1) ** 2
     edges = np.arange(-half, half + 2)  # the edges of 2*half+1 pixels
     cols = np.floor(x).astype(np.int64)[:, None] + edges
     rows = np.floor(y).astype(np.int64)[:, None] + edges
-    px = np.diff(0.5 * erf((cols - x[:, None]) / (math.sqrt(2) * sigma)), axis=1)
-    py = np.diff(0.5 * erf((rows - y[:, None]) / (math.sqrt(2) * sigma)), axis=1)
+    scale = math.sqrt(2) * sigma[:, None]
+    px = np.diff(0.5 * erf((cols - x[:, None]) / scale), axis=1)
+    py = np.diff(0.5 * erf((rows - y[:, None]) / scale), axis=1)
     prob = (py[:, :, None] * px[:, None, :]).reshape(n, size)
     rows, cols = rows[:, :-1, None], cols[:, None, :-1]
     inside = ((rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)).reshape(n, size)
@@ -305,8 +366,8 @@ def render_emitters(x, y, photons, height, width, sigma):
     photons : ndarray of shape (N,)
         Photons of each emitter.
     height, width : int
-    sigma : float
-        PSF standard deviation, pixels.
+    sigma : float or ndarray of shape (N,)
+        PSF standard deviation, pixels (one for all, or one per emitter).
 
     Returns
     -------
@@ -317,43 +378,39 @@ def render_emitters(x, y, photons, height, width, sigma):
     return _accumulate(flat, inside, np.asarray(photons, float)[:, None] * prob, height, width)
 
 
-def _detect(x, y, expected, height, width, p, rng):
+def _detect(x, y, sigma, expected, height, width, p, rng):
     """Emit and detect the photons of one frame.
 
-    ``expected`` (N,) holds each emitter's expected photons. Returns the photons
-    emitted (N,) and the photoelectrons per pixel (height, width). With shot noise,
-    detected photons per pixel and undetected photons are independent Poisson
-    counts whose sum, the emitted photons, is Poisson(expected) as it should be.
+    ``sigma`` (N,) holds each emitter's PSF width and ``expected`` (N,) its
+    expected photons. Returns the photons emitted (N,) and the photoelectrons
+    per pixel (height, width). With shot noise, detected photons per pixel and
+    undetected photons are independent Poisson counts whose sum, the emitted
+    photons, is Poisson(expected) as it should be.
     """
     if not p.shot_noise:
-        signal = render_emitters(x, y, expected * p.quantum_efficiency, height, width, p.sigma_px)
+        signal = render_emitters(x, y, expected * p.quantum_efficiency, height, width, sigma)
         return expected, signal
-    flat, inside, prob = _psf_windows(x, y, height, width, p.sigma_px)
+    flat, inside, prob = _psf_windows(x, y, height, width, sigma)
     counts = rng.poisson(expected[:, None] * p.quantum_efficiency * prob)
     undetected = np.clip(1.0 - p.quantum_efficiency * prob.sum(axis=1), 0.0, None)
     photons = counts.sum(axis=1) + rng.poisson(expected * undetected)
     return photons.astype(float), _accumulate(flat, inside, counts, height, width)
 
 
-def _apply_camera(signal, p, rng):
+def _apply_camera(signal, background, camera, p, rng):
     """Add background, dark current and camera noise to the emitters' photoelectrons.
 
-    ``signal`` (H, W) holds photoelectrons from emitters; returns a uint16 frame (H, W).
+    ``signal`` (H, W) holds photoelectrons from emitters, ``background`` (H, W)
+    background photons; returns a uint16 frame (H, W) recorded by ``camera``
+    (a :class:`defcon.scene.Camera`).
     """
-    mean_background = p.background * p.quantum_efficiency + p.dark_current
+    mean_background = background * p.quantum_efficiency + p.dark_current
     if p.shot_noise:
         # Detecting Poisson(background) photons with efficiency QE gives Poisson(background * QE).
         electrons = signal + rng.poisson(mean_background, signal.shape)
-        if p.em_gain is not None:
-            # The EM register turns n electrons into Gamma(shape=n, scale=gain) electrons.
-            hit = electrons > 0
-            electrons[hit] = rng.gamma(electrons[hit], p.em_gain)
     else:
-        electrons = (signal + mean_background) * (p.em_gain or 1.0)
-    if p.read_noise > 0:
-        electrons += rng.normal(0.0, p.read_noise, signal.shape)
-    adu = np.rint(electrons / p.adu_gain + p.baseline)
-    return np.clip(adu, 0, np.iinfo(np.uint16).max).astype(np.uint16)
+        electrons = signal + mean_background
+    return camera.record(electrons, rng, shot_noise=p.shot_noise)
 
 
 def _activation_times(n_inactive, p_act, rng):
@@ -367,7 +424,7 @@ def _activation_times(n_inactive, p_act, rng):
 
 
 def _frames(n_frames, height, width, seed, p):
-    """Yield ``(index, image, ids, x, y, brightness, n_first)`` frame by frame.
+    """Yield ``(index, image, ids, x, y, z, brightness, n_first)`` frame by frame.
 
     ``index`` is 0-based; ``ids`` are ascending; ``n_first`` counts the logged
     emitters logged for the first time in this frame.
@@ -378,7 +435,13 @@ def _frames(n_frames, height, width, seed, p):
     # Fiducials come first in every array; they never change state.
     nf = p.n_fiducials
     ids, next_id = np.arange(1, nf + 1), nf + 1
-    xs, ys = rng.uniform(0, width - _EDGE, nf), rng.uniform(0, height - _EDGE, nf)
+    xs, ys = rng.uniform(0, width - scene.EDGE, nf), rng.uniform(0, height - scene.EDGE, nf)
+    zs, gains = np.zeros(nf), np.ones(nf)
+    layout = scene.Layout(p.layout, height, width, rng, p.n_structures, p.structure_spread_px)
+    background = scene.background_map(height, width, p.background, rng, p.background_gradient,
+                                      p.background_haze)
+    camera = scene.Camera(p.camera, height, width, rng, p.em_gain, p.read_noise, p.baseline,
+                          p.adu_gain, p.bit_depth, p.pixel_spread)
     state, seen, absorbing = np.zeros(0, np.int8), np.zeros(nf, bool), _absorbing(p)
     warned = False
     if p.density_sweep is not None:
@@ -397,22 +460,42 @@ def _frames(n_frames, height, width, seed, p):
         n_inactive -= n_new
         ids = np.concatenate([ids, np.arange(next_id, next_id + n_new)])
         next_id += n_new
-        xs = np.concatenate([xs, rng.uniform(0, width - _EDGE, n_new)])
-        ys = np.concatenate([ys, rng.uniform(0, height - _EDGE, n_new)])
+        new_x, new_y = layout.positions(n_new, rng)
+        xs, ys = np.concatenate([xs, new_x]), np.concatenate([ys, new_y])
+        zs, gains = np.concatenate([zs, _new_depths(n_new, p, rng)]), \
+            np.concatenate([gains, _new_gains(n_new, p, rng)])
         seen = np.concatenate([seen, np.zeros(n_new, bool)])
         state = np.concatenate([state, np.full(n_new, ON, np.int8)])
         t0 = np.concatenate([np.zeros(state.size - n_new), t_new])
         on_time, state = _advance(state, t0, p, rng)
-        expected = np.concatenate([np.full(nf, p.fiducial_photons), p.photon_rate * on_time])
-        photons, signal = _detect(xs, ys, expected, height, width, p, rng)
-        frame = _apply_camera(signal, p, rng)
+        expected = np.concatenate([np.full(nf, p.fiducial_photons),
+                                   p.photon_rate * gains[nf:] * on_time])
+        sigma = p.sigma_px * np.sqrt(1.0 + (zs / p.depth_of_focus_nm) ** 2)
+        photons, signal = _detect(xs, ys, sigma, expected, height, width, p, rng)
+        frame = _apply_camera(signal, background, camera, p, rng)
         logged = photons > 0
         logged[:nf] &= p.log_fiducials
         n_first = int((logged & ~seen).sum())
         seen |= logged
-        yield i, frame, ids[logged], xs[logged], ys[logged], photons[logged], n_first
+        yield (i, frame, ids[logged], xs[logged], ys[logged], zs[logged], photons[logged],
+               n_first)
         alive = np.concatenate([np.ones(nf, bool), ~absorbing[state]])
-        ids, xs, ys, seen, state = ids[alive], xs[alive], ys[alive], seen[alive], state[alive[nf:]]
+        ids, xs, ys, zs, gains, seen = (a[alive] for a in (ids, xs, ys, zs, gains, seen))
+        state = state[alive[nf:]]
+
+
+def _new_depths(n, p, rng):
+    """Axial positions (nm) of ``n`` newly activated fluorophores, shape (n,)."""
+    if p.defocus_nm == 0:
+        return np.zeros(n)
+    return rng.uniform(-p.defocus_nm, p.defocus_nm, n)
+
+
+def _new_gains(n, p, rng):
+    """Brightness factors (log-normal, median 1) of ``n`` new fluorophores, shape (n,)."""
+    if p.photon_spread == 0:
+        return np.ones(n)
+    return rng.lognormal(0.0, p.photon_spread, n)
 
 
 def _check_size(n_frames, height, width):
@@ -420,10 +503,9 @@ def _check_size(n_frames, height, width):
                  (("n_frames", n_frames), ("height", height), ("width", width)))
 
 
-def _rows(i, ids, x, y, brightness):
+def _rows(i, ids, x, y, z, brightness):
     """Frame-logger rows of one frame, float64 of shape (N, 6)."""
-    n = len(ids)
-    return np.column_stack([np.full(n, i + 1), ids, x, y, np.zeros(n), brightness]).astype(float)
+    return np.column_stack([np.full(len(ids), i + 1), ids, x, y, z, brightness]).astype(float)
 
 
 def simulate_stack(n_frames, height, width, seed=None, **params):
@@ -443,7 +525,7 @@ def simulate_stack(n_frames, height, width, seed=None, **params):
     stack : ndarray of shape (n_frames, height, width), uint16
     ground_truth : pandas.DataFrame
         Columns ``frame, id, x, y, z, brightness``: one row per emitter per frame
-        in which it emitted at least one photon (frame 1-based, z = 0, brightness
+        in which it emitted at least one photon (frame 1-based, z in nm, brightness
         in photons emitted during that frame), sorted by frame then id.
 
     Raises
@@ -461,9 +543,9 @@ def simulate_stack(n_frames, height, width, seed=None, **params):
     p = _parameters(params)
     stack = np.empty((n_frames, height, width), np.uint16)
     rows = []
-    for i, frame, ids, x, y, brightness, _ in _frames(n_frames, height, width, seed, p):
+    for i, frame, ids, x, y, z, brightness, _ in _frames(n_frames, height, width, seed, p):
         stack[i] = frame
-        rows.append(_rows(i, ids, x, y, brightness))
+        rows.append(_rows(i, ids, x, y, z, brightness))
     truth = pd.DataFrame(np.concatenate(rows), columns=COLUMNS)
     return stack, truth.astype({"frame": np.int64, "id": np.int64})
 
@@ -529,10 +611,10 @@ def simulate(out_dir, n_frames, height, width, seed=None, progress=False, **para
             csv.write(",".join(COLUMNS) + "\n")
             frames = tqdm(_frames(n_frames, height, width, seed, p), total=n_frames,
                           disable=not progress, unit="frame", desc="simulate")
-            for i, frame, ids, x, y, brightness, n_first in frames:
+            for i, frame, ids, x, y, z, brightness, n_first in frames:
                 tif.write(frame, contiguous=True, metadata=None,
                           description=description if i == 0 else None)
-                np.savetxt(csv, _rows(i, ids, x, y, brightness), fmt=_CSV_FORMAT)
+                np.savetxt(csv, _rows(i, ids, x, y, z, brightness), fmt=_CSV_FORMAT)
                 _count(summary, len(ids), n_first)
     summary["emitters_per_frame_mean"] = summary["n_localizations"] / n_frames
     log.debug("simulated %d frames of %d x %d px: %d emitters, %.2f per frame (%d to %d)",

@@ -3,7 +3,9 @@
 ``python -m defcon.train config.ini``, ``defcon train config.ini`` or
 ``defcon.train.train("config.ini")``. Stage 1 fits the segmentation network
 (binary cross-entropy); stage 2 freezes it and fits the density network on top
-(pixel + lambda * count loss). Original DEFCoN config files run unchanged.
+(pixel + lambda * count loss); ``FreezeSegmentation = false`` in ``[DensityNet]``
+fine-tunes both networks together in stage 2 instead. Original DEFCoN config
+files run unchanged.
 """
 
 import configparser
@@ -50,7 +52,8 @@ SCHEMA = {
         "countcalibration": (bool, True, None),
     },
     "SegNet": dict(_STAGE_KEYS),
-    "DensityNet": {"lambdafactor": (float, 0.01, _NON_NEGATIVE), **_STAGE_KEYS},
+    "DensityNet": {"lambdafactor": (float, 0.01, _NON_NEGATIVE),
+                   "freezesegmentation": (bool, True, None), **_STAGE_KEYS},
 }
 HISTORY_COLUMNS = ("epoch", "stage", "loss", "val_loss", "val_count_mae")
 
@@ -64,6 +67,7 @@ class StageConfig:
     validationsplit: float
     adamlr: float
     lambdafactor: float = 0.0
+    freezesegmentation: bool = True
 
 
 @dataclass
@@ -147,7 +151,7 @@ _DISPLAY = {"modelname": "ModelName", "trainingsetpath": "TrainingSetPath",
             "countcalibration": "CountCalibration",
             "batchsize": "BatchSize", "numepochs": "NumEpochs",
             "validationsplit": "ValidationSplit", "adamlr": "AdamLR",
-            "lambdafactor": "LambdaFactor"}
+            "lambdafactor": "LambdaFactor", "freezesegmentation": "FreezeSegmentation"}
 
 
 def _display(key):
@@ -242,7 +246,7 @@ def train(config_file, verbose=1):
         copy_weights_by_name(seg_model, density_model)
         for layer in density_model.layers:
             if layer.name in SEGMENTATION_LAYER_NAMES:
-                layer.trainable = False
+                layer.trainable = not config.density.freezesegmentation
         val_batches = _fit_stage(density_model, "density", config.density, config, h5file,
                                  config.model_file, history, verbose)
         count_scale = 1.0

@@ -89,7 +89,8 @@ def test_predict_writes_counts_and_densities(tmp_path, sim_files, model_file, ca
                  "--counts", str(counts_file), "--box", "5", "--batch-size", "7"]) == 0
     assert "30 frames" in capsys.readouterr().out
     table = pd.read_csv(counts_file)
-    assert list(table.columns) == ["frame", "count", "max_local_count"]
+    assert list(table.columns) == ["frame", "count", "max_local_count", "flag"]
+    assert table["flag"].isna().all()  # a random-weight model records no envelope
     assert table.frame.tolist() == list(range(1, 31))
     density = tifffile.imread(density_file)
     assert density.shape == (30, 24, 40) and density.dtype == np.float32
