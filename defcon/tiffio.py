@@ -3,6 +3,11 @@
 Stacks may be larger than RAM, so nothing here reads a whole file unless asked
 to: :class:`TiffStack` reads ranges of frames, from a memory map when the file
 is uncompressed and contiguous, else page by page.
+
+Every frame of a file is read or the read fails loudly: a file written in
+several parts (several series, e.g. one ``write()`` per frame) is one stack of
+all its series; a truncated file is an error naming the last complete frame;
+NaN or infinite pixels are an error naming the frames.
 """
 
 import logging
@@ -29,6 +34,9 @@ class TiffStack:
     ----------
     path : str or Path
         A TIFF file holding one image or a stack of 2-D grey-level frames.
+    series : int, optional
+        Read only this series (0-based) of a file holding several; by default
+        all series, in order, when their frames have one shape and type.
 
     Attributes
     ----------
@@ -43,7 +51,9 @@ class TiffStack:
     MissingFileError
         The file does not exist.
     UnsupportedFileError
-        Not a TIFF, empty, RGB, more than 3-D, or an unsupported pixel type.
+        Not a TIFF, empty, RGB, more than 3-D, an unsupported pixel type, series
+        of different frame shapes, or truncated (the message names the last
+        complete frame).
 
     Examples
     --------
@@ -52,8 +62,9 @@ class TiffStack:
     ...         process(to_float(frames))
     """
 
-    def __init__(self, path):
+    def __init__(self, path, series=None):
         self.path = existing_file(path, "TIFF stack")
+        self._series_index = series
         try:
             self._tif = tifffile.TiffFile(self.path)
         except (tifffile.TiffFileError, ValueError, OSError) as err:
@@ -68,7 +79,49 @@ class TiffStack:
     def _inspect(self):
         if not self._tif.series or not self._tif.pages:
             raise UnsupportedFileError(f"{self.path}: empty TIFF (no images)")
-        series = self._tif.series[0]
+        all_series = list(self._tif.series)
+        if self._series_index is not None:
+            if not 0 <= self._series_index < len(all_series):
+                raise UnsupportedFileError(f"{self.path}: no series {self._series_index} (the "
+                                           f"file holds {len(all_series)})")
+            all_series = [all_series[self._series_index]]
+        parts = [self._check_series(series) for series in all_series]
+        shapes = {(h, w, dtype) for _, h, w, dtype in parts}
+        if len(shapes) > 1:
+            listing = "; ".join(f"series {i}: {n} x {h} x {w} {dtype}"
+                                for i, (n, h, w, dtype) in enumerate(parts))
+            raise UnsupportedFileError(
+                f"{self.path}: its series have different frame shapes or types ({listing}); "
+                "choose one with TiffStack(path, series=N)")
+        (height, width, dtype), = shapes
+        self._parts = [(series, n) for series, (n, *_) in zip(all_series, parts)]
+        n_frames = sum(n for _, n in self._parts)
+        declared = self._declared_frames()
+        if self._series_index is None and declared is not None and n_frames < declared:
+            page = self._tif.pages.first
+            complete = n_frames
+            if page.is_contiguous:  # frames follow each other: the file size tells
+                frame_bytes = height * width * dtype.itemsize
+                complete = (self.path.stat().st_size - page.dataoffsets[0]) // frame_bytes
+            raise UnsupportedFileError(
+                f"{self.path}: truncated or damaged file: its metadata declares {declared} "
+                f"frames but it ends after frame {min(complete, declared)} (1-based; the last "
+                "complete frame)")
+        return (n_frames, height, width), dtype, all_series[0]
+
+    def _declared_frames(self):
+        """Frames the file's ImageJ or tifffile metadata declares, or None."""
+        tif = self._tif
+        if tif.is_imagej and tif.imagej_metadata:
+            return int(tif.imagej_metadata.get("images", 1))
+        if tif.is_shaped and tif.shaped_metadata:
+            shapes = [m.get("shape") for m in tif.shaped_metadata]
+            if all(shapes):
+                return sum(int(np.prod(shape[:-2])) for shape in shapes)
+        return None
+
+    def _check_series(self, series):
+        """``(frames, height, width, dtype)`` of one grey-level series, or raise."""
         if series.size == 0:
             raise UnsupportedFileError(f"{self.path}: empty TIFF (no pixels)")
         axes = series.axes
@@ -82,17 +135,34 @@ class TiffStack:
             raise UnsupportedFileError(
                 f"{self.path}: a {len(shape)}-D image (axes {axes}, shape {shape}); expected a "
                 "single 2-D image or a stack of 2-D frames (split channels/z/time first)")
-        n_frames = int(np.prod(frames)) if frames else 1
         dtype = np.dtype(series.dtype)
         if dtype.name not in SUPPORTED_DTYPES:
             raise UnsupportedFileError(f"{self.path}: pixel type {dtype} is not supported "
                                        f"(supported: {', '.join(SUPPORTED_DTYPES)})")
-        return (n_frames, shape[-2], shape[-1]), dtype, series
+        n_frames = int(np.prod(frames)) if frames else 1
+        self._check_complete(series, n_frames, shape[-2] * shape[-1] * dtype.itemsize)
+        return n_frames, shape[-2], shape[-1], dtype
+
+    def _check_complete(self, series, n_frames, frame_bytes):
+        """Raise when the file ends before the series' last frame."""
+        offset, size = series.dataoffset, self.path.stat().st_size
+        if offset is not None:
+            complete = max(0, (size - offset) // frame_bytes)
+        elif len(series.pages) < n_frames or any(p is None for p in series.pages):
+            complete = sum(1 for p in series.pages if p is not None)
+        else:
+            last = series.pages[n_frames - 1]
+            end = max(o + c for o, c in zip(last.dataoffsets, last.databytecounts))
+            complete = n_frames if end <= size else n_frames - 1
+        if complete < n_frames:
+            raise UnsupportedFileError(
+                f"{self.path}: truncated file: it declares {n_frames} frames but ends after "
+                f"frame {complete} (1-based; the last complete frame)")
 
     def _try_memmap(self):
         """Map uncompressed contiguous pixel data; None when pages must be read."""
         offset = self._series.dataoffset
-        if offset is None:
+        if offset is None or len(self._parts) > 1:
             return None  # compressed or scattered pages: read page by page
         self._file = open(self.path, "rb")
         self._mapping = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
@@ -132,16 +202,40 @@ class TiffStack:
         Returns
         -------
         ndarray of shape (stop - start, H, W), the file's dtype
+
+        Raises
+        ------
+        UnsupportedFileError
+            A frame holds NaN or infinite pixels (the message names them).
         """
         stop = self.shape[0] if stop is None else min(stop, self.shape[0])
         if self._memmap is not None:
             frames = self._memmap[start:stop].astype(self.dtype.newbyteorder("="))
             self._release_pages()
-            return frames
-        if self.shape[0] == 1:
-            return self._series.asarray().reshape(self.shape)[start:stop]
-        pages = self._tif.asarray(key=range(start, stop), series=0)
-        return pages.reshape((stop - start,) + self.shape[1:])
+        else:
+            frames = np.concatenate(list(self._read_parts(start, stop))) if stop > start else \
+                np.empty((0,) + self.shape[1:], self.dtype)
+        if frames.dtype.kind == "f":
+            bad = ~np.isfinite(frames).all(axis=(1, 2))
+            if bad.any():
+                numbers = ", ".join(str(start + i + 1) for i in np.flatnonzero(bad)[:10])
+                raise UnsupportedFileError(
+                    f"{self.path}: frame(s) {numbers} (1-based) hold NaN or infinite pixels; "
+                    "counts there would be meaningless")
+        return frames
+
+    def _read_parts(self, start, stop):
+        """Frames ``start:stop`` across the file's series, piece by piece."""
+        first = 0
+        for series, n in self._parts:
+            a, b = max(start, first) - first, min(stop, first + n) - first
+            if a < b:
+                shape = (b - a,) + self.shape[1:]
+                if n == 1:
+                    yield series.asarray().reshape(shape)
+                else:
+                    yield self._tif.asarray(key=range(a, b), series=series).reshape(shape)
+            first += n
 
     def chunks(self, chunk_frames):
         """Yield ``(start, frames)`` over the whole stack, ``chunk_frames`` at a time.
