@@ -7,6 +7,7 @@ and exit non-zero; ``--debug`` shows the traceback.
 import argparse
 import logging
 import os
+import signal
 import sys
 
 # Before TensorFlow is imported anywhere: its C++ start-up chatter is not for users.
@@ -365,6 +366,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(levelname)s: %(message)s")
+    # A job manager's SIGTERM stops the work like Ctrl-C: partial outputs are removed.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         args.run(args)
     except DefconError as err:
@@ -375,7 +378,13 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"defcon {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -53,6 +53,14 @@ class ExportError(DefconError, ValueError):
     """A model or an export option that cannot be exported as asked."""
 
 
+class TrainingError(DefconError, RuntimeError):
+    """Training could not produce a usable model (diverged, or not calibratable)."""
+
+
+class OverwriteError(DefconError, FileExistsError):
+    """An output would replace one of the inputs, or a file defcon did not write."""
+
+
 class IntegrityError(ModelFileError):
     """A packaged file does not match its recorded checksum, or a path is unsafe."""
 

@@ -176,11 +176,26 @@ def _inside(columns, height, width, label, stacklevel):
     if height is not None:
         inside &= (y >= 0) & (y < height)
     n_out = len(x) - int(inside.sum())
+    if n_out > 0.5 * len(x) and n_out >= 3:
+        raise GroundTruthError(f"{label}: {n_out} of {len(x)} emitters lie outside the "
+                               f"{width} x {height} frame; {_likely_cause(x, y, height, width)}")
     if n_out:
         bounds = [f"0 <= {axis} < {size}" for axis, size in (("x", width), ("y", height)) if size]
         warnings.warn(f"{label}: dropped {n_out} of {len(x)} emitters whose centre lies outside "
                       f"the frame ({', '.join(bounds)})", GroundTruthWarning, stacklevel=stacklevel)
     return inside
+
+
+def _likely_cause(x, y, height, width):
+    """A guess at why positions miss the frame, for the error message."""
+    if width and height:
+        swapped = (y >= 0) & (y < width) & (x >= 0) & (x < height)
+        if swapped.mean() > 0.9:
+            return "x and y look swapped (x is the column, y the row)"
+        if np.nanmax(x) > 10 * width or np.nanmax(y) > 10 * height:
+            return ("positions look like nanometres: frame loggers give x and y in pixels "
+                    "(divide by the pixel size in nm)")
+    return "check that x and y are in pixels of this stack (x = column, y = row)"
 
 
 # --------------------------------------------------------------------------- maps

@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .errors import ConfigError, DefconError
+from .errors import ConfigError, DefconError, TrainingError
 from .files import atomic_path, existing_file
 from .models import SEGMENTATION_LAYER_NAMES, CountMAE, DensityLoss
 from .networks import FCN, copy_weights_by_name
@@ -92,6 +92,12 @@ class TrainingConfig:
         """``OutputDir/<ModelName without suffix>.keras``."""
         return self.outputdir / (Path(self.modelname).stem + ".keras")
 
+    @property
+    def checkpoint_file(self):
+        """``OutputDir/<ModelName>.best.keras``: the density stage's best epoch so far,
+        before calibration (the model file is written only when training succeeded)."""
+        return self.outputdir / (Path(self.modelname).stem + ".best.keras")
+
 
 def read_config(config_file):
     """Read and validate a training configuration.
@@ -136,6 +142,9 @@ def read_config(config_file):
     problems += [f"[{s}]: unknown section (known: {', '.join(SCHEMA)})" for s in unknown_sections]
     if not problems:
         _check_paths(values, problems)
+    if not problems and values["DensityNet", "numepochs"] == 0:
+        problems.append("[DensityNet] NumEpochs: must be at least 1 (the density network is "
+                        "the model)")
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
     general = {key: values["General", key] for key in SCHEMA["General"]}
@@ -248,10 +257,10 @@ def train(config_file, verbose=1):
             if layer.name in SEGMENTATION_LAYER_NAMES:
                 layer.trainable = not config.density.freezesegmentation
         val_batches = _fit_stage(density_model, "density", config.density, config, h5file,
-                                 config.model_file, history, verbose)
+                                 config.checkpoint_file, history, verbose)
         count_scale = 1.0
-        if val_batches is not None and config.countcalibration:
-            count_scale = _calibrate_count(density_model, val_batches)
+        if config.countcalibration:
+            count_scale = _calibrate_count(density_model, val_batches, config.config_file)
     # The best epoch's weights are restored at the end of fit: save them, calibrated.
     with atomic_path(config.model_file) as tmp:
         density_model.save(tmp)
@@ -261,7 +270,7 @@ def train(config_file, verbose=1):
             "best_val_count_mae": history.best("density", "val_count_mae")}
 
 
-def _calibrate_count(model, val_batches):
+def _calibrate_count(model, val_batches, config_file):
     """Scale the output so validation counts match their targets on the whole.
 
     Dropout is active while fitting and off when predicting; after the ReLU
@@ -275,16 +284,22 @@ def _calibrate_count(model, val_batches):
     -------
     float
         The factor applied.
+
+    Raises
+    ------
+    TrainingError
+        The validation frames hold no emitters, or the network predicts none.
     """
     predicted = target = 0.0
     for index in range(len(val_batches)):
         x, y = val_batches[index]
         predicted += float(model.predict_on_batch(x).sum(dtype=np.float64))
         target += float(y.sum(dtype=np.float64))
-    if predicted <= 0 or target <= 0:
-        log.warning("count calibration skipped: validation counts are %.3g (target) and "
-                    "%.3g (predicted)", target, predicted)
-        return 1.0
+    if not (predicted > 0 and target > 0 and math.isfinite(predicted)):
+        raise TrainingError(
+            f"{config_file}: count calibration impossible: the validation frames hold "
+            f"{target:.3g} emitters and the network predicts {predicted:.3g}; train on data "
+            "with emitters, or set CountCalibration = false")
     scale = target / predicted
     layer = model.get_layer("density")
     layer.set_weights([w * np.float32(scale) for w in layer.get_weights()])
@@ -320,6 +335,7 @@ def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbo
     log.info("stage %s: %d training and %d validation frames, batch %d, up to %d epochs",
              stage, n_frames - n_val, n_val, settings.batchsize, settings.numepochs)
     callbacks = [
+        keras.callbacks.TerminateOnNaN(),
         _BestModelSaver(best_file, weights_only=stage == "seg"),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=max(config.patience, 1),
                                       restore_best_weights=True),
@@ -329,9 +345,15 @@ def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbo
                                           min_lr=settings.adamlr / 64, verbose=0),
         history.callback(stage),
     ]
-    model.fit(train_batches.dataset(), validation_data=val_batches.dataset(),
-              epochs=settings.numepochs, callbacks=callbacks, verbose=verbose,
-              shuffle=False)  # the batches shuffle themselves, in bounded blocks
+    fit = model.fit(train_batches.dataset(), validation_data=val_batches.dataset(),
+                    epochs=settings.numepochs, callbacks=callbacks, verbose=verbose,
+                    shuffle=False)  # the batches shuffle themselves, in bounded blocks
+    losses = fit.history.get("loss", []) + fit.history.get("val_loss", [])
+    if not losses or not np.all(np.isfinite(losses)):
+        raise TrainingError(
+            f"{config.config_file}: stage {stage} diverged (loss {losses[-1] if losses else None}"
+            f" after {len(fit.history.get('loss', []))} epochs); lower AdamLR. Nothing was "
+            "saved as the model")
     return val_batches
 
 

@@ -16,6 +16,7 @@ from defcon.errors import (
     MissingFileError,
     UnsupportedFileError,
 )
+from conftest import make_ground_truth
 from defcon.groundtruth import count_per_frame, density_stack, read_ground_truth, segmentation_stack
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sass-frame-loggers"
@@ -251,14 +252,14 @@ def test_bad_parameters(kwargs, fragment):
 
 def test_emitters_outside_the_frame_are_dropped_with_a_warning(tmp_path):
     rows = ["1,1,5,5,0,900", "1,2,-0.1,5,0,900", "2,3,40,5,0,900", "2,4,5,24,0,900",
-            "2,5,39.9,23.9,0,900"]
+            "2,5,39.9,23.9,0,900", "1,6,20,12,0,100", "2,7,20,12,0,100"]
     path = write_csv(tmp_path, HEADER + "\n" + "\n".join(rows) + "\n", name="outside.csv")
-    with pytest.warns(GroundTruthWarning, match=r"outside.csv: dropped 3 of 5 emitters") as record:
+    with pytest.warns(GroundTruthWarning, match=r"outside.csv: dropped 3 of 7 emitters") as record:
         gt = read_ground_truth(path, n_frames=2, height=24, width=40)
     assert record[0].filename == __file__  # the warning points at the caller
-    assert gt["id"].tolist() == [1, 5]
+    assert gt["id"].tolist() == [1, 5, 6, 7]
     with pytest.warns(GroundTruthWarning, match="dropped 3"):
-        density = density_stack(path, 2, 24, 40)
+        density = density_stack(path, 2, 24, 40)  # ids 6 and 7 are below the threshold
     corner = (0.5 * (1 + erf(0.1 / np.sqrt(2)))) ** 2  # 0.1 px from two edges
     assert density.sum() == pytest.approx(1.0 + corner, abs=1e-5)
     with pytest.warns(GroundTruthWarning):
@@ -266,6 +267,19 @@ def test_emitters_outside_the_frame_are_dropped_with_a_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_ground_truth(path, n_frames=2)  # no frame size: nothing dropped, no warning
+
+
+@pytest.mark.parametrize("truth_shape, scale, cause", [((24, 80), 100.0, "nanometres"),
+                                                        ((80, 24), 1.0, "swapped")])
+def test_positions_mostly_outside_the_frame_are_an_error_naming_the_cause(tmp_path, truth_shape,
+                                                                         scale, cause):
+    # Positions in nm, or written for the transposed frame (x and y swapped).
+    truth = make_ground_truth(3, *truth_shape, 6, seed=2)
+    truth[["x", "y"]] *= scale
+    path = tmp_path / "wrong.csv"
+    truth.to_csv(path, index=False)
+    with pytest.raises(GroundTruthError, match=f"wrong.csv: .*outside the 80 x 24 frame.*{cause}"):
+        read_ground_truth(path, n_frames=3, height=24, width=80)
 
 
 # --------------------------------------------------------------------------- real SASS files

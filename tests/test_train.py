@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import defcon
-from defcon.errors import ConfigError, MissingFileError
+from defcon.errors import ConfigError, MissingFileError, TrainingError
 from defcon.networks import FCN
 from defcon.streaming import CompactSetBatches
 from defcon.train import read_config, train
@@ -75,16 +75,47 @@ def test_two_stage_training_writes_everything_and_freezes_segmentation(tmp_path,
 
 def test_initial_model_fine_tunes_from_existing_weights(tmp_path, compact_file, write_config,
                                                         original_model_file):
-    config = write_config(compact_file, extra=f"InitialModel = {original_model_file}")
-    text = config.read_text().replace("NumEpochs = 1", "NumEpochs = 0")
-    config.write_text(text.replace("NumEpochs = 2", "NumEpochs = 0"))
+    config = write_config(compact_file, extra=f"InitialModel = {original_model_file}\n"
+                          "CountCalibration = false")
+    text = config.read_text().replace("NumEpochs = 1", "NumEpochs = 0")  # [SegNet]
+    config.write_text(text.replace("AdamLR = 0.001", "AdamLR = 1e-12"))
     result = train(config, verbose=0)
-    # With no epochs the saved model is the initial one, whatever the seed.
+    # Without segmentation epochs and at a negligible rate, the model is the initial one.
     original = FCN.from_file(original_model_file)
     tuned = FCN.from_file(result["model"])
     for layer in original.layers:
         for a, b in zip(layer.get_weights(), tuned.get_layer(layer.name).get_weights()):
-            np.testing.assert_array_equal(a, b)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_no_density_epoch_is_a_config_error(compact_file, write_config):
+    config = write_config(compact_file)
+    config.write_text(config.read_text().replace("NumEpochs = 2", "NumEpochs = 0"))
+    with pytest.raises(ConfigError, match=r"\[DensityNet\] NumEpochs: must be at least 1"):
+        read_config(config)
+
+
+def test_diverged_training_fails_and_keeps_the_previous_model(tmp_path, compact_file,
+                                                              write_config):
+    config = write_config(compact_file)
+    first = train(config, verbose=0)["model"]
+    before = first.read_bytes()
+    config.write_text(config.read_text().replace("AdamLR = 0.001", "AdamLR = 1e30"))
+    with pytest.raises(TrainingError, match="diverged"):
+        train(config, verbose=0)
+    assert first.read_bytes() == before
+
+
+def test_calibration_without_emitters_fails(tmp_path, compact_file, write_config):
+    empty = tmp_path / "empty.h5"
+    empty.write_bytes(compact_file.read_bytes())
+    with h5py.File(empty, "a") as f:
+        f["target/target"][...] = 0
+        f["seg_map/seg_map"][...] = 0
+    config = write_config(empty)
+    with pytest.raises(TrainingError, match="count calibration impossible"):
+        train(config, verbose=0)
+    assert not (tmp_path / "out" / "tiny.keras").exists()
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path, compact_file, write_config):
