@@ -167,11 +167,18 @@ def _add_compact(sub):
     p.add_argument("--augment", action="store_true",
                    help="random brightness per input frame, 10**U(-0.5, 1), clipped to [0, 1]")
     p.add_argument("--seed", type=int, default=None, help="seed of shuffle and augmentation")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files that defcon did not write (outputs "
+                   "never replace an input)")
     p.set_defaults(run=_run_compact)
 
 
 def _run_compact(args):
-    from .datasets import compact_set
+    from .datasets import compact_set, is_compact_set
+    from .files import check_output
+
+    check_output(args.output, [args.training_set], same_kind=is_compact_set,
+                 overwrite=args.overwrite, what="compact set")
 
     path = compact_set(args.training_set, args.output, shuffle=args.shuffle,
                        augment=args.augment, seed=args.seed, progress=True)
@@ -217,6 +224,9 @@ def _add_predict(sub):
                    "by ~0.25 %% (float32)")
     p.add_argument("--no-envelope-check", action="store_true",
                    help="skip the training-envelope check (the flag column stays empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files that defcon did not write (outputs "
+                   "never replace an input)")
     p.set_defaults(run=_run_predict)
 
 
@@ -228,19 +238,24 @@ def _run_predict(args):
     import numpy as np
 
     from .errors import ModelFileError
-    from .files import atomic_path
+    from .files import atomic_path, check_output
     from .networks import FCN
     from .predict import (COUNT_COLUMNS, DensityWriter, count_rows, envelope_check_for,
-                          iter_predict_tiff)
+                          is_counts_csv, is_density_output, iter_predict_tiff)
     from .tiffio import TiffStack
 
+    stack_path = Path(args.stack)
+    counts_path = Path(args.counts or stack_path.with_name(stack_path.stem + "_counts.csv"))
+    if args.out:
+        check_output(args.out, [args.stack, args.model], same_kind=is_density_output,
+                     overwrite=args.overwrite, what="density output")
+    check_output(counts_path, [args.stack, args.model, args.out], same_kind=is_counts_csv,
+                 overwrite=args.overwrite, what="counts CSV")
     model = FCN.from_file(args.model)
     if model.output_kind not in ("density", "both"):
         raise ModelFileError(f"{args.model}: a '{model.output_kind}' model; counting needs a "
                              "density model")
     model = model.with_output("density") if model.output_kind == "both" else model
-    stack_path = Path(args.stack)
-    counts_path = Path(args.counts or stack_path.with_name(stack_path.stem + "_counts.csv"))
     counts = []
     with TiffStack(stack_path) as stack, contextlib.ExitStack() as files:
         writer = None
@@ -303,6 +318,9 @@ def _add_export(sub):
                    help="box side of the max-count model, pixels (7)")
     p.add_argument("--division", type=float, default=None,
                    help="divide the output by this number, as DEFCoN's export did")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs that are not defcon exports (outputs never "
+                   "replace an input)")
     p.set_defaults(run=_run_export)
 
 
@@ -313,6 +331,7 @@ def _run_export(args):
     if not (args.fiji or args.tf1 or args.tf2 or args.onnx or args.bioimageio):
         raise SystemExit("defcon export: error: say what to write: --fiji, --tf1, --tf2, "
                          "--onnx and/or --bioimageio")
+    _check_export_outputs(args)
     model = FCN.from_file(args.model)
     if args.onnx or args.bioimageio:
         from . import package
@@ -331,6 +350,32 @@ def _run_export(args):
         print(f"wrote {export.save_tf1_model(model, args.tf1, division=args.division)}")
     if args.tf2:
         print(f"wrote {export.save_tf2_model(model, args.tf2)}")
+
+
+def _check_export_outputs(args):
+    from pathlib import Path
+
+    from .files import check_output
+    from .package_reader import is_package
+
+    def saved_model(path):
+        return (Path(path) / "saved_model.pb").exists()
+
+    def onnx_from_defcon(path):
+        with open(path, "rb") as f:
+            return b"tf2onnx" in f.read(64)
+
+    inputs = [args.model, args.training_set]
+    kinds = {"onnx": onnx_from_defcon, "bioimageio": is_package, "tf1": saved_model,
+             "tf2": saved_model}
+    for option, same_kind in kinds.items():
+        target = getattr(args, option)
+        if target:
+            check_output(target, inputs, same_kind=same_kind, overwrite=args.overwrite,
+                         what=f"--{option} export")
+    if args.fiji:
+        check_output(Path(args.fiji) / "DEFCoN", inputs, same_kind=lambda path: True,
+                     what="Fiji folder")
 
 
 def _add_info(sub):

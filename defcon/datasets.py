@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from . import __version__, groundtruth
 from .errors import (DuplicateNameError, MissingFileError, ShapeMismatchError, TrainingSetError,
                      UnsupportedFileError)
-from .files import atomic_path, existing_file, sha256_file
+from .files import atomic_path, check_output, existing_file, sha256_file
 from .tiffio import TiffStack, is_tiff, to_float
 
 log = logging.getLogger(__name__)
@@ -365,6 +365,15 @@ def _dataset_paths(f):
 
 
 # ------------------------------------------------------------------- compact_set
+def is_compact_set(path):
+    """True if ``path`` is an HDF5 compact set (as written by :func:`compact_set`)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return all(f"{g}/{g}" in f for g in GROUPS)
+    except (OSError, ValueError):
+        return False
+
+
 def compact_set(training_set, output_file, shuffle=False, augment=False, seed=None,
                 progress=False):
     """Merge every dataset of a TrainingSet into one dataset per group.
@@ -401,7 +410,11 @@ def compact_set(training_set, output_file, shuffle=False, augment=False, seed=No
         Datasets have different frame sizes, or a source's groups disagree.
     TrainingSetError
         The set holds no complete dataset.
+    OverwriteError
+        ``output_file`` is the training set itself.
     """
+    source = training_set.filename if isinstance(training_set, TrainingSet) else training_set
+    check_output(output_file, [source], same_kind=lambda path: True, what="compact set")
     if isinstance(training_set, TrainingSet):
         return _compact(training_set, output_file, shuffle, augment, seed, progress)
     with TrainingSet(training_set, "r") as ts:

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import MissingFileError
+from .errors import MissingFileError, OverwriteError
 
 
 @contextlib.contextmanager
@@ -76,3 +76,42 @@ def sha256_file(path, chunk_size=1 << 20):
         for block in iter(lambda: f.read(chunk_size), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_output(output, inputs=(), *, same_kind=None, overwrite=False, what="output"):
+    """Refuse to write ``output`` over an input, or over a file defcon did not write.
+
+    Parameters
+    ----------
+    output : str or Path
+        The file or folder about to be written.
+    inputs : iterable of str or Path
+        Files the command reads (None entries are skipped).
+    same_kind : callable, optional
+        ``same_kind(path) -> bool``: whether an existing ``output`` is a file of
+        the kind being written (then replacing it is the expected re-run). When
+        None, an existing output is replaced only with ``overwrite``.
+    overwrite : bool
+        Replace an existing output of another kind.
+    what : str
+        What the output is, for the message.
+
+    Raises
+    ------
+    OverwriteError
+    """
+    output = Path(output)
+    for source in inputs:
+        if source is not None and _same_file(output, Path(source)):
+            raise OverwriteError(f"{output}: this {what} is also an input of the command "
+                                 f"({source}); choose another path")
+    if output.exists() and not overwrite and (same_kind is None or not same_kind(output)):
+        raise OverwriteError(f"{output}: exists and is not a {what} written by defcon; "
+                             "remove it or pass --overwrite to replace it")
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return a.resolve() == b.resolve()

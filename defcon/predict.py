@@ -23,7 +23,7 @@ import numpy as np
 
 from .engine import DEFAULT_PRECISION, PRECISIONS, compiled_network  # noqa: F401
 from .errors import FrameIndexError, ShapeMismatchError, UnsupportedFileError
-from .files import atomic_path
+from .files import atomic_path, check_output
 from .tiffio import TiffStack
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,8 @@ def predict_tiff(model, input_file, index=None, batch_size=None, output=None, pr
     if output is not None and Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
         raise UnsupportedFileError(f"{output}: unsupported output type (expected "
                                    f"{', '.join(OUTPUT_SUFFIXES)})")
+    if output is not None:
+        check_output(output, [input_file], same_kind=is_density_output, what="density output")
     with TiffStack(input_file) as stack:
         frames = _frame_selection(index, len(stack), stack.path)
         shape = (len(frames),) + stack.shape[1:] + (1,)
@@ -368,6 +370,31 @@ class DensityWriter:
             except ShapeMismatchError:
                 exc = sys.exc_info()
         return self._stack.__exit__(*exc)
+
+
+def is_density_output(path):
+    """True if ``path`` is a density ``.tif``/``.h5`` written by :class:`DensityWriter`."""
+    try:
+        if Path(path).suffix.lower() in (".h5", ".hdf5"):
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                return "density" in f and "defcon_version" in f["density"].attrs
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            return any("defcon_version" in m for m in tif.shaped_metadata or ())
+    except (OSError, ValueError):  # unreadable: not a defcon output
+        return False
+
+
+def is_counts_csv(path):
+    """True if ``path`` is a counts CSV written by ``defcon predict``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().startswith("frame,count,max_local_count")
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 # ----------------------------------------------------------------- internals
