@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from . import __version__, groundtruth
 from .errors import (DuplicateNameError, MissingFileError, ShapeMismatchError, TrainingSetError,
                      UnsupportedFileError)
-from .files import atomic_path, check_output, existing_file, sha256_file
+from .files import atomic_path, check_free_space, check_output, existing_file, sha256_file
 from .tiffio import TiffStack, is_tiff, to_float
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,10 @@ class TrainingSet(h5py.File):
             raise MissingFileError(f"{path}: training set not found")
         if path.exists() and path.stat().st_size and not h5py.is_hdf5(path):
             raise UnsupportedFileError(f"{path}: not an HDF5 file, so not a TrainingSet")
-        super().__init__(name, mode, **kwargs)
+        try:
+            super().__init__(name, mode, **kwargs)
+        except OSError as err:
+            raise TrainingSetError(f"{path}: {_hdf5_problem(err)}") from err
         try:
             self._check_layout(path)
         except BaseException:
@@ -179,6 +182,13 @@ class TrainingSet(h5py.File):
         self._check_new_name(name)
         with TiffStack(input_file) as stack:
             n_frames, height, width = stack.shape
+            if height % 4 or width % 4:
+                raise ShapeMismatchError(
+                    f"{stack.path}: frames of {height} x {width} px; training needs heights "
+                    "and widths that are multiples of 4 (two stride-2 layers): crop the stack "
+                    f"to {height - height % 4} x {width - width % 4} first")
+            check_free_space(self.filename, n_frames * height * width * 9,
+                             f"dataset {name!r} ({n_frames} frames of {height} x {width})")
             truth = groundtruth.read_ground_truth(ground_truth, n_frames, height, width)
             truth = truth.sort_values("frame", kind="stable")
             frame_numbers = truth["frame"].to_numpy()
@@ -311,6 +321,19 @@ class _PartialDatasets:
         return False
 
 
+def _hdf5_problem(err):
+    """One line saying why HDF5 could not open a file."""
+    text = str(err)
+    if "truncated" in text or "signature" in text or "bad object header" in text:
+        return "truncated or damaged HDF5 file (an interrupted copy or a full disk?)"
+    if "unable to lock" in text.lower():
+        return ("another process has this file open (HDF5 file locking); close it there, "
+                "or wait for it to finish")
+    if "ermission" in text or "read-only" in text:
+        return "no permission to open it for writing (read-only file or folder)"
+    return f"cannot open it as HDF5: {text}"
+
+
 def _describe_ground_truth(ground_truth):
     if isinstance(ground_truth, (str, Path)):
         return f"{Path(ground_truth).resolve()} (sha256 {sha256_file(ground_truth)})"
@@ -425,6 +448,8 @@ def _compact(ts, output_file, shuffle, augment, seed, progress):
     names, frame_shape = _compatible_sources(ts)
     lengths = [ts["input"][n].shape[0] for n in names]
     total = sum(lengths)
+    check_free_space(output_file, total * frame_shape[0] * frame_shape[1] * 9,
+                     f"a compact set of {total} frames")
     rng = np.random.default_rng(seed)
     # destination[i] is where global source frame i goes.
     destination = rng.permutation(total) if shuffle else np.arange(total)

@@ -61,6 +61,10 @@ class OverwriteError(DefconError, FileExistsError):
     """An output would replace one of the inputs, or a file defcon did not write."""
 
 
+class DiskFullError(DefconError, OSError):
+    """Not enough free disk space for an output."""
+
+
 class IntegrityError(ModelFileError):
     """A packaged file does not match its recorded checksum, or a path is unsafe."""
 

@@ -3,10 +3,11 @@
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import MissingFileError, OverwriteError
+from .errors import DiskFullError, MissingFileError, OverwriteError
 
 
 @contextlib.contextmanager
@@ -115,3 +116,23 @@ def _same_file(a, b):
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist yet
         return a.resolve() == b.resolve()
+
+
+def check_free_space(path, needed_bytes, what):
+    """Refuse early when the disk holding ``path`` has less room than ``needed_bytes``.
+
+    A full disk in the middle of an HDF5 or TIFF write can crash the process or
+    leave a damaged file; checking first turns that into one clear line.
+
+    Raises
+    ------
+    DiskFullError
+        With the bytes needed and free.
+    """
+    folder = Path(path).resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if needed_bytes > free:
+        raise DiskFullError(f"{path}: writing {what} needs about {needed_bytes / 2**20:,.0f} MiB "
+                            f"but {folder} has {free / 2**20:,.0f} MiB free")

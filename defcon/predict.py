@@ -23,7 +23,7 @@ import numpy as np
 
 from .engine import DEFAULT_PRECISION, PRECISIONS, compiled_network  # noqa: F401
 from .errors import FrameIndexError, ShapeMismatchError, UnsupportedFileError
-from .files import atomic_path, check_output
+from .files import atomic_path, check_free_space, check_output
 from .tiffio import TiffStack
 
 log = logging.getLogger(__name__)
@@ -329,6 +329,8 @@ class DensityWriter:
         self._written = 0
 
     def __enter__(self):
+        check_free_space(self.path, 4 * int(np.prod(self.shape)),
+                         f"{self.shape[0]} density maps of {self.shape[1]} x {self.shape[2]}")
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(atomic_path(self.path))
             if self.path.suffix.lower() in (".h5", ".hdf5"):

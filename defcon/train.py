@@ -122,9 +122,15 @@ def read_config(config_file):
         lists all of them by section and key.
     """
     path = existing_file(config_file, "training configuration").resolve()
-    parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"))
+    # No interpolation: a '%' in a value (a path, a comment) is just a character.
+    parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), interpolation=None)
     try:
-        parser.read(path)
+        try:
+            parser.read(path, encoding="utf-8")
+        except UnicodeDecodeError:  # files saved by older editors: every byte is Latin-1
+            parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"),
+                                               interpolation=None)
+            parser.read(path, encoding="latin-1")
     except configparser.Error as err:
         raise ConfigError(f"{path}: not a valid .ini file: {err}") from err
     problems, values = [], {}

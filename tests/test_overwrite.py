@@ -68,3 +68,70 @@ def test_export_never_replaces_its_model(tmp_path, model_file, capsys):
     code, err = run(capsys, "export", model_file, "--onnx", model_file)
     assert code == 1 and "also an input" in err
     assert model_file.read_bytes() == before
+
+
+# ------------------------------------------------------------- bad days: one-line errors
+def test_full_disk_is_refused_before_writing(tmp_path, sim_files, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from defcon.errors import DiskFullError
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with TrainingSet(tmp_path / "ts.h5") as ts:
+        with pytest.raises(DiskFullError, match=r"ts.h5: writing dataset 'a' .* MiB free"):
+            ts.add_dataset("a", *sim_files)
+        assert ts.names() == []
+
+
+def test_locked_and_truncated_training_sets_are_one_line_errors(tmp_path, sim_files):
+    import subprocess
+    import sys
+
+    from defcon.errors import TrainingSetError
+
+    path = tmp_path / "ts.h5"
+    with TrainingSet(path) as ts:
+        ts.add_dataset("a", *sim_files)
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import h5py, sys, time; f = h5py.File(sys.argv[1], 'a'); "
+                               "print('open', flush=True); time.sleep(30)", str(path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(TrainingSetError, match="another process has this file open"):
+            TrainingSet(path, "a")
+    finally:
+        holder.kill()
+        holder.wait()
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    with pytest.raises(TrainingSetError, match=r"cut.h5: .*(truncated|damaged|cannot open)"):
+        TrainingSet(cut, "r")
+
+
+def test_frames_not_multiples_of_4_are_refused_at_build(tmp_path, sim_files):
+    import tifffile
+
+    from defcon.errors import ShapeMismatchError
+
+    stack, truth = sim_files
+    odd = tmp_path / "odd.tif"
+    tifffile.imwrite(odd, tifffile.imread(stack)[:, :23, :39])
+    with TrainingSet(tmp_path / "ts.h5") as ts:
+        with pytest.raises(ShapeMismatchError, match=r"odd.tif: frames of 23 x 39.*20 x 36"):
+            ts.add_dataset("odd", odd, truth)
+
+
+@pytest.mark.parametrize("content, encoding", [
+    ("OutputDir = out%/\n", "utf-8"),                # '%' is a character, not interpolation
+    ("OutputDir = out/  # r\xe9sultats\n", "latin-1"),  # a Latin-1 comment
+])
+def test_ini_percent_and_latin1_are_read(compact_file, write_config, content, encoding):
+    from defcon.train import read_config
+
+    config = write_config(compact_file)
+    text = config.read_text().replace("OutputDir = out/\n", content)
+    config.write_bytes(text.encode(encoding))
+    assert read_config(config).outputdir.name.startswith("out")
