@@ -1,15 +1,21 @@
-"""Reading model packages: checksums first, safe paths, no code from the package.
+"""Reading model packages: checksums first, safe paths, bounded cost, no code from the package.
 
 A package (see :mod:`defcon.package`) is a bioimage.io zip or folder. Every file
 its ``rdf.yaml`` lists is hashed before anything is loaded; zip entries that
-are absolute, hold ``..`` or a backslash, are links or appear twice are
-refused; only a temporary folder is ever written.
+are absolute, hold ``..`` or a backslash, are links, appear twice or are not
+listed in ``rdf.yaml`` are refused; only a temporary folder is ever written.
+The cost of opening a package is bounded before anything is extracted:
+``rdf.yaml`` at most :data:`MAX_RDF_BYTES` and parsed without YAML aliases;
+at most :data:`MAX_PACKAGE_BYTES` uncompressed (``DEFCON_PACKAGE_MAX_BYTES`` in
+the environment changes it); no entry compressed more than :data:`MAX_RATIO`
+times (zip bombs); every entry extracted no larger than it declares.
 """
 
 import collections
 import contextlib
 import importlib
 import logging
+import os
 import re
 import shutil
 import stat
@@ -25,6 +31,12 @@ log = logging.getLogger(__name__)
 PROVENANCE_FILE = "training_provenance.json"
 KERAS_FILE = "defcon_model.keras"
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml", "model.yaml")
+#: Largest rdf.yaml read, bytes.
+MAX_RDF_BYTES = 1 << 20
+#: Largest total uncompressed size of a package, bytes (2 GiB).
+MAX_PACKAGE_BYTES = 2 << 30
+#: Largest compression ratio of an entry over 1 MiB.
+MAX_RATIO = 200
 
 
 def require_module(module, error=ModelFileError):
@@ -53,37 +65,114 @@ def _rdf_name(names):
 
 @contextlib.contextmanager
 def _opened(path):
-    """Yield (folder, rdf dict, rdf file name); a zip is checked, then extracted to a
-    temporary folder that is removed afterwards."""
+    """Yield (folder, rdf dict, rdf file name); a zip is checked, then its listed
+    entries are extracted to a temporary folder that is removed afterwards."""
     path = existing_file(path, "model package")
-    yaml = require_module("yaml")
     with tempfile.TemporaryDirectory(prefix="defcon-package-") as tmp:
         if path.is_dir():
             root = path.resolve()
+            rdf_name = _rdf_name([p.name for p in root.iterdir() if p.is_file()])
+            _require_rdf(path, rdf_name)
+            rdf = _parse_rdf(path, rdf_name, (root / rdf_name).stat().st_size,
+                             lambda: (root / rdf_name).read_bytes())
         elif zipfile.is_zipfile(path):
             root = Path(tmp)
             with zipfile.ZipFile(path) as archive:
-                counts = collections.Counter(archive.namelist())
-                for info in archive.infolist():
-                    _check_member(path, info.filename)
-                    if stat.S_ISLNK(info.external_attr >> 16) or counts[info.filename] > 1:
-                        raise IntegrityError(f"{path}: entry '{info.filename}' is a symbolic "
-                                             "link or appears twice; refusing the package")
-                archive.extractall(root)
+                infos = _checked_entries(path, archive)
+                rdf_name = _rdf_name([info.filename for info in infos])
+                _require_rdf(path, rdf_name)
+                rdf_info = archive.getinfo(rdf_name)
+                rdf = _parse_rdf(path, rdf_name, rdf_info.file_size,
+                                 lambda: archive.read(rdf_info))
+                listed = {PurePosixPath(s).as_posix() for s in _listed_files(rdf)} | {rdf_name}
+                for info in infos:
+                    if info.is_dir():
+                        continue
+                    if info.filename not in listed:
+                        raise IntegrityError(f"{path}: entry '{info.filename}' is not listed in "
+                                             f"{rdf_name}; refusing the package")
+                    _extract(path, archive, info, root)
         else:
             raise UnsupportedFileError(f"{path}: not a model package (a .zip file or a folder "
                                        "holding rdf.yaml)")
-        rdf_name = _rdf_name([p.name for p in root.iterdir() if p.is_file()])
-        if rdf_name is None:
-            raise UnsupportedFileError(f"{path}: no {' / '.join(RDF_NAMES)}, so not a "
-                                       "bioimage.io package")
-        try:
-            rdf = yaml.safe_load((root / rdf_name).read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ModelFileError(f"{path}: {rdf_name} is not valid YAML: {err}") from err
-        if not isinstance(rdf, dict):
-            raise ModelFileError(f"{path}: {rdf_name} does not hold a mapping")
         yield root, rdf, rdf_name
+
+
+def _require_rdf(path, rdf_name):
+    if rdf_name is None:
+        raise UnsupportedFileError(f"{path}: no {' / '.join(RDF_NAMES)}, so not a "
+                                   "bioimage.io package")
+
+
+def _checked_entries(path, archive):
+    """The archive's entries after the path, link, duplicate, size and ratio checks."""
+    infos = archive.infolist()
+    counts = collections.Counter(info.filename for info in infos)
+    limit = int(os.environ.get("DEFCON_PACKAGE_MAX_BYTES", MAX_PACKAGE_BYTES))
+    total = 0
+    for info in infos:
+        _check_member(path, info.filename)
+        if stat.S_ISLNK(info.external_attr >> 16) or counts[info.filename] > 1:
+            raise IntegrityError(f"{path}: entry '{info.filename}' is a symbolic "
+                                 "link or appears twice; refusing the package")
+        if info.file_size > 1 << 20 and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            raise IntegrityError(f"{path}: entry '{info.filename}' expands {info.file_size} bytes "
+                                 f"from {info.compress_size} (a zip bomb?); refusing the package")
+        total += info.file_size
+    if total > limit:
+        raise IntegrityError(f"{path}: {total / 2**20:,.0f} MiB uncompressed, over the "
+                             f"{limit / 2**20:,.0f} MiB limit (DEFCON_PACKAGE_MAX_BYTES); "
+                             "refusing the package")
+    return infos
+
+
+def _extract(path, archive, info, root):
+    """Copy one entry, refusing it if it holds more bytes than it declares."""
+    target = root / info.filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with archive.open(info) as source, open(target, "wb") as out:
+        copied = 0
+        while chunk := source.read(1 << 20):
+            copied += len(chunk)
+            if copied > info.file_size:
+                raise IntegrityError(f"{path}: entry '{info.filename}' holds more than the "
+                                     f"{info.file_size} bytes it declares; refusing the package")
+            out.write(chunk)
+
+
+def _parse_rdf(path, rdf_name, size, read):
+    """Parse rdf.yaml within :data:`MAX_RDF_BYTES`, without aliases."""
+    yaml = require_module("yaml")
+    if size > MAX_RDF_BYTES:
+        raise ModelFileError(f"{path}: {rdf_name} is {size} bytes, over the {MAX_RDF_BYTES} "
+                             "bytes a model description needs; refusing the package")
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise ModelFileError(f"{path}: {rdf_name} uses YAML aliases (*name), which "
+                                     "model descriptions do not need; refusing the package")
+            return super().compose_node(parent, index)
+
+    try:
+        rdf = yaml.load(read().decode("utf-8"), Loader=NoAliasLoader)  # noqa: S506 (safe loader)
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
+        raise ModelFileError(f"{path}: {rdf_name} is not valid YAML: "
+                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") \
+            from err
+    if not isinstance(rdf, dict):
+        raise ModelFileError(f"{path}: {rdf_name} does not hold a mapping")
+    return rdf
+
+
+@contextlib.contextmanager
+def _fields_of(path, rdf_name):
+    """Turn a malformed rdf field (a list where a mapping belongs, ...) into one line."""
+    try:
+        yield
+    except (AttributeError, TypeError, KeyError, RecursionError) as err:
+        raise ModelFileError(f"{path}: {rdf_name} has a malformed field ({type(err).__name__}: "
+                             f"{err}); not a package defcon wrote") from err
 
 
 def _listed_files(rdf):
@@ -202,7 +291,7 @@ def load_package(path):
     """
     from .networks import FCN
 
-    with _opened(path) as (root, rdf, rdf_name):
+    with _opened(path) as (root, rdf, rdf_name), _fields_of(path, rdf_name):
         results = _verify(path, root, rdf, rdf_name)
         bad = [f"{source}: {detail}" for source, (status, detail) in results.items()
                if status in ("mismatch", "missing")]
@@ -246,8 +335,12 @@ def describe_package(path):
     UnsupportedFileError, MissingFileError, ModelFileError
         ``path`` is not a readable package.
     """
-    with _opened(path) as (root, rdf, rdf_name):
+    with _opened(path) as (root, rdf, rdf_name), _fields_of(path, rdf_name):
         results = _verify(path, root, rdf, rdf_name)
+        return _description(path, rdf, results)
+
+
+def _description(path, rdf, results):
     authors = ", ".join(str(a.get("name")) for a in rdf.get("authors") or () if isinstance(a, dict))
     lines = [f"{path}: bioimage.io {rdf.get('type', '?')} package '{rdf.get('name')}' "
              f"(format {rdf.get('format_version', '?')})",
