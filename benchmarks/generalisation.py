@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage, special
+from scipy import ndimage, signal, special
 
 from _common import machine_facts
 
@@ -150,7 +150,7 @@ def _render_supersampled(x, y, photons, kernel):
     cols = np.clip((x * _FINE).astype(int), 0, SIZE * _FINE - 1)
     rows = np.clip((y * _FINE).astype(int), 0, SIZE * _FINE - 1)
     np.add.at(fine, (rows, cols), photons)
-    fine = ndimage.convolve(fine, kernel, mode="constant")
+    fine = signal.fftconvolve(fine, kernel, mode="same")
     return fine.reshape(SIZE, _FINE, SIZE, _FINE).sum(axis=(1, 3))
 
 
@@ -202,12 +202,14 @@ def envelope_flags(model, chunks=8, chunk_frames=128):
     Chunks of 128 frames (what ``predict`` runs at 64 x 64) at densities drawn
     from 3-100 emitters per frame, checked as ``predict`` does.
     """
-    from defcon.envelope import EnvelopeCheck
+    from defcon.conditions import TRAINING_RANGES
+    from defcon.envelope import Envelope, EnvelopeCheck
 
+    envelope = model.envelope or Envelope(TRAINING_RANGES["psf_sigma_px"][:2])
     rates = {}
     rng = np.random.default_rng(5)
     for c, condition in enumerate(CONDITIONS):
-        check = EnvelopeCheck(model.envelope, (SIZE, SIZE))
+        check = EnvelopeCheck(envelope, (SIZE, SIZE))
         for k in range(chunks):
             stack, _ = make_stack(condition, float(rng.uniform(3, 100)), chunk_frames,
                                   seed=50_000 + 100 * c + k)
@@ -302,8 +304,8 @@ def main():
     start = time.perf_counter()
     spot_params = tune_spot_counter()
     table = run(models, args.frames, spot_params)
-    flag_rates = envelope_flags(models["shipped"])
     table.to_csv(args.out / "generalisation.csv", index=False)
+    flag_rates = envelope_flags(models["shipped"])
     plot(table, args.out / "generalisation.png")
     print(machine_facts())
     print(f"spot counter: gaussian sigma {spot_params[0]}, threshold {spot_params[1]} x noise; "

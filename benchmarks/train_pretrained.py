@@ -7,8 +7,10 @@ Steps (each skipped when its output exists in DIR, so an interrupted run resumes
    (seeds 1..STACKS) and simulate it (64 x 64 frames), two stacks at a time;
 2. build one TrainingSet (each stack with its own brightness threshold) and a
    shuffled compact set;
-3. train with configs/pretrained.ini, InitialModel = the previous shipped model
-   (defcon-sim-2026a), and write DIR/model/defcon_pretrained.keras;
+3. phase 1, configs/pretrained-warmup.ini: fine-tune the previous shipped model
+   (defcon-sim-2026a) end to end for a few epochs (DIR/warmup/);
+   phase 2, configs/pretrained.ini: continue with a slower learning-rate decay
+   (DIR/model/defcon_pretrained.keras);
 4. record the training envelope in the model (DIR/model/defcon-broad-2026b.keras).
 
 Copy the model to defcon/resources/ to ship it. Wall times go to DIR/timings.json.
@@ -64,25 +66,34 @@ def build_compact(folder, n_stacks):
                 progress=True)
 
 
-def train_model(folder):
-    from defcon.networks import FCN
+def train_phase(folder, config_name, initial_model=None):
+    """Train with configs/<config_name> (paths pointed at folder); skipped when done."""
     from defcon.train import train
 
-    out = folder / "model"
+    config = configparser.ConfigParser(interpolation=None)
+    config.read(PROJECT / "configs" / config_name)
+    general = config["General"]
+    out = folder / Path(general["OutputDir"])
     if (out / "defcon_pretrained.keras").exists():
         return
     out.mkdir(parents=True, exist_ok=True)
-    config = configparser.ConfigParser()
-    config.read(PROJECT / "configs" / "pretrained.ini")
-    config["General"]["TrainingSetPath"] = str(folder / "compact.h5")
-    config["General"]["OutputDir"] = str(out)
-    config["General"]["WeightDir"] = str(out / "weights")
-    previous = folder / "initial.keras"
-    FCN.pretrained("defcon-sim-2026a").save(previous)
-    config["General"]["InitialModel"] = str(previous)
-    with open(out / "pretrained.ini", "w") as f:
+    general["TrainingSetPath"] = str(folder / "compact.h5")
+    general["OutputDir"] = str(out)
+    general["WeightDir"] = str(folder / Path(general["WeightDir"]))
+    general["InitialModel"] = str(initial_model or folder / general["InitialModel"])
+    with open(out / config_name, "w") as f:
         config.write(f)
-    train(out / "pretrained.ini", verbose=2)
+    train(out / config_name, verbose=2)
+
+
+def previous_model(folder):
+    """The previous shipped model, saved where phase 1 starts from."""
+    from defcon.networks import FCN
+
+    path = folder / "initial.keras"
+    if not path.exists():
+        FCN.pretrained("defcon-sim-2026a").save(path)
+    return path
 
 
 def record_envelope(folder):
@@ -114,7 +125,9 @@ def main():
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     for step, run in (("simulate", lambda: simulate_all(args.folder, args.stacks, args.frames)),
                       ("build", lambda: build_compact(args.folder, args.stacks)),
-                      ("train", lambda: train_model(args.folder)),
+                      ("warm-up", lambda: train_phase(args.folder, "pretrained-warmup.ini",
+                                                      previous_model(args.folder))),
+                      ("train", lambda: train_phase(args.folder, "pretrained.ini")),
                       ("envelope", lambda: record_envelope(args.folder))):
         start = time.perf_counter()
         run()

@@ -47,6 +47,7 @@ SCHEMA = {
         "weightdir": (Path, REQUIRED, None),
         "seed": (int, 0, None),
         "patience": (int, 3, _NON_NEGATIVE),
+        "reducelrpatience": (int, 1, _NON_NEGATIVE),
         "initialmodel": (Path, None, None),
         "augment": (bool, False, None),
         "countcalibration": (bool, True, None),
@@ -81,6 +82,7 @@ class TrainingConfig:
     weightdir: Path
     seed: int
     patience: int
+    reducelrpatience: int
     initialmodel: Path
     augment: bool
     countcalibration: bool
@@ -162,7 +164,8 @@ def read_config(config_file):
 
 _DISPLAY = {"modelname": "ModelName", "trainingsetpath": "TrainingSetPath",
             "outputdir": "OutputDir", "weightdir": "WeightDir", "seed": "Seed",
-            "patience": "Patience", "initialmodel": "InitialModel", "augment": "Augment",
+            "patience": "Patience", "reducelrpatience": "ReduceLRPatience",
+            "initialmodel": "InitialModel", "augment": "Augment",
             "countcalibration": "CountCalibration",
             "batchsize": "BatchSize", "numepochs": "NumEpochs",
             "validationsplit": "ValidationSplit", "adamlr": "AdamLR",
@@ -347,7 +350,8 @@ def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbo
                                       restore_best_weights=True),
         # The count term makes val_loss swing from epoch to epoch at AdamLR 1e-3;
         # halving the rate when it stalls settles the count scale.
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1,
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                          patience=max(config.reducelrpatience, 1),
                                           min_lr=settings.adamlr / 64, verbose=0),
         history.callback(stage),
     ]
