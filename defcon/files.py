@@ -2,12 +2,15 @@
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from .errors import DiskFullError, MissingFileError, OverwriteError
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -34,7 +37,9 @@ def atomic_path(path, suffix=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) if suffix is None else suffix
     stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp" + suffix, dir=path.parent)
+    remove_stale_temporaries(path.parent, stem)
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.defcon-{os.getpid()}-",
+                               suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
     os.unlink(tmp)
     tmp = Path(tmp)
@@ -44,6 +49,38 @@ def atomic_path(path, suffix=None):
     except BaseException:
         _remove(tmp)
         raise
+
+
+def remove_stale_temporaries(folder, stem="*"):
+    """Delete temporary outputs left by defcon processes that no longer run.
+
+    Temporary names are ``.<stem>.defcon-<pid>-<random>.tmp<suffix>``; a
+    process killed hard (SIGKILL, power loss) cannot remove its own, so the
+    next write beside it does.
+
+    Returns
+    -------
+    list of Path
+        What was removed.
+    """
+    removed = []
+    for tmp in Path(folder).glob(f".{stem}.defcon-*-*.tmp*"):
+        pid = tmp.name.split(".defcon-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            _remove(tmp)
+            removed.append(tmp)
+            log.info("removed %s, left by an interrupted defcon process", tmp)
+    return removed
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _remove(path):

@@ -181,3 +181,22 @@ def test_simulation_parameters_refuse_bad_camera_and_layout():
             SimulationParameters(**bad)
     assert SimulationParameters(psf_sigma_px=1.7).sigma_px == 1.7
     assert math.isclose(SimulationParameters().sigma_px, 0.21 * 600 / 1.3 / 100)
+
+
+def test_cli_simulate_randomize_and_conditions_file(tmp_path, capsys):
+    from defcon.cli import main
+
+    args = ["--frames", "6", "--height", str(H), "--width", str(W), "--seed", "3"]
+    assert main(["simulate", "--randomize", *args, "--out", str(tmp_path / "a")]) == 0
+    assert "build with --brightness-threshold" in capsys.readouterr().out
+    drawn = C.read_conditions(tmp_path / "a" / "conditions.json")
+    assert drawn == json.loads(json.dumps(C.sample_conditions(3, n_frames=6)))
+    # The same conditions file and seed give the same stack.
+    assert main(["simulate", "--conditions", str(tmp_path / "a" / "conditions.json"), *args,
+                 "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "a" / "stack.tif").read_bytes() == (tmp_path / "b" / "stack.tif").read_bytes()
+    # --set overrides a drawn value, and the threshold follows the brightness.
+    assert main(["simulate", "--randomize", *args, "--set", "photon_rate=1000",
+                 "--out", str(tmp_path / "c")]) == 0
+    changed = C.read_conditions(tmp_path / "c" / "conditions.json")
+    assert changed["photon_rate"] == 1000 and changed["brightness_threshold"] == pytest.approx(100)

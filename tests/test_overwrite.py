@@ -135,3 +135,27 @@ def test_ini_percent_and_latin1_are_read(compact_file, write_config, content, en
     text = config.read_text().replace("OutputDir = out/\n", content)
     config.write_bytes(text.encode(encoding))
     assert read_config(config).outputdir.name.startswith("out")
+
+
+def test_temporaries_of_killed_processes_are_removed_by_the_next_write(tmp_path, sim_files):
+    import signal
+    import subprocess
+    import sys
+
+    stack, truth = sim_files
+    out = tmp_path / "c.csv"
+    # A process that dies (SIGKILL) while its temporary output exists.
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import sys, time; from defcon.files import atomic_path\n"
+                              "with atomic_path(sys.argv[1]) as tmp:\n"
+                              "    tmp.write_text('half'); print(tmp, flush=True); time.sleep(60)",
+                              str(out)], stdout=subprocess.PIPE, text=True)
+    left = tmp_path / child.stdout.readline().strip()
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert left.exists() and ".c.defcon-" in left.name and not out.exists()
+    from defcon.files import atomic_path
+
+    with atomic_path(out) as tmp:
+        tmp.write_text("done")
+    assert out.read_text() == "done" and not left.exists()
