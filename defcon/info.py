@@ -59,4 +59,13 @@ def _describe_model(path):
         "  input: (batch, height, width, 1) float32, height and width multiples of 4 "
         "(predict_stack pads any size)",
         f"  layers: {', '.join(layer.name for layer in model.layers)}",
+        _envelope_line(model.envelope),
     ])
+
+
+def _envelope_line(envelope):
+    if envelope is None:
+        return "  training envelope: not recorded (prediction cannot flag unfamiliar inputs)"
+    (s0, s1), (d0, d1) = envelope.psf_sigma_px, envelope.emitters_per_frame
+    text = f"  training envelope: PSF sigma {s0:g}-{s1:g} px, {d0:g}-{d1:g} emitters per 64 x 64"
+    return text + (f"\n  trained on: {envelope.description}" if envelope.description else "")

@@ -117,3 +117,14 @@ def test_both_pretrained_models_load_with_envelopes():
     assert FCN.pretrained().envelope == FCN.pretrained(DEFAULT_PRETRAINED).envelope
     with pytest.raises(ConfigError, match="defcon-broad-2026b"):
         FCN.pretrained("defcon-2019")
+
+
+def test_info_shows_the_envelope(tmp_path):
+    from defcon.info import describe
+
+    model = FCN(output="density", seed=0, envelope=Envelope((1.0, 2.0), (0, 50), "lab data"))
+    model.save(tmp_path / "m.keras")
+    text = describe(tmp_path / "m.keras")
+    assert "PSF sigma 1-2 px, 0-50 emitters per 64 x 64" in text and "lab data" in text
+    FCN(output="density", seed=0).save(tmp_path / "plain.keras")
+    assert "not recorded" in describe(tmp_path / "plain.keras")
