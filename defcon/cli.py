@@ -137,6 +137,10 @@ def _add_build(sub):
     p.add_argument("--kernel", choices=("integrated", "sampled"), default="integrated",
                    help="Gaussian integrated over pixels, or sampled at pixel centres as in "
                    "the original DEFCoN (integrated)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="accept a ground truth without any emitter above the threshold "
+                   "(background-only training data); refused by default, as it usually means "
+                   "a wrong file, threshold or unit")
     p.set_defaults(run=_run_build)
 
 
@@ -149,7 +153,8 @@ def _run_build(args):
     with TrainingSet(args.training_set) as ts:
         ts.add_dataset(name, args.stack, args.ground_truth,
                        brightness_threshold=args.brightness_threshold, sigma=args.sigma,
-                       seg_threshold=args.seg_threshold, kernel=args.kernel, progress=True)
+                       seg_threshold=args.seg_threshold, kernel=args.kernel, progress=True,
+                       allow_empty=args.allow_empty)
         ts.summary()
 
 

@@ -16,8 +16,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, groundtruth
-from .errors import (DuplicateNameError, MissingFileError, ShapeMismatchError, TrainingSetError,
-                     UnsupportedFileError)
+from .errors import (DuplicateNameError, GroundTruthError, MissingFileError, ShapeMismatchError,
+                     TrainingSetError, UnsupportedFileError)
 from .files import atomic_path, check_free_space, check_output, existing_file, sha256_file
 from .tiffio import TiffStack, is_tiff, to_float
 
@@ -148,7 +148,7 @@ class TrainingSet(h5py.File):
 
     # ------------------------------------------------------------------ writing
     def add_dataset(self, name, input_file, ground_truth, brightness_threshold=250, sigma=1.0,
-                    seg_threshold=0.03, kernel="integrated", progress=False):
+                    seg_threshold=0.03, kernel="integrated", progress=False, allow_empty=False):
         """Add a TIFF stack with its frame-logger ground truth as ``name``.
 
         Writes ``input/name`` (the stack scaled to [0, 1]), ``target/name`` (the
@@ -174,6 +174,9 @@ class TrainingSet(h5py.File):
             How the Gaussian is discretised (see :func:`defcon.groundtruth.density_stack`).
         progress : bool
             Show a progress bar.
+        allow_empty : bool
+            Accept a ground truth with no emitter above ``brightness_threshold``
+            (by default an error: it usually means a wrong file, threshold or unit).
 
         Raises
         ------
@@ -191,6 +194,14 @@ class TrainingSet(h5py.File):
                              f"dataset {name!r} ({n_frames} frames of {height} x {width})")
             truth = groundtruth.read_ground_truth(ground_truth, n_frames, height, width)
             truth = truth.sort_values("frame", kind="stable")
+            if not allow_empty and not (truth["brightness"] > brightness_threshold).any():
+                label = ground_truth if isinstance(ground_truth, (str, Path)) else "ground truth"
+                raise GroundTruthError(
+                    f"{label}: no emitter is brighter than the "
+                    f"threshold {brightness_threshold:g} (brightest: "
+                    f"{truth['brightness'].max() if len(truth) else 'none'}), so every target "
+                    "would be empty; check the file and --brightness-threshold, or pass "
+                    "allow_empty=True (--allow-empty) for background-only data")
             frame_numbers = truth["frame"].to_numpy()
             params = dict(brightness_threshold=brightness_threshold, sigma=sigma,
                           seg_threshold=seg_threshold, kernel=kernel)

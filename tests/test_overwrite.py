@@ -159,3 +159,14 @@ def test_temporaries_of_killed_processes_are_removed_by_the_next_write(tmp_path,
     with atomic_path(out) as tmp:
         tmp.write_text("done")
     assert out.read_text() == "done" and not left.exists()
+
+
+def test_empty_ground_truth_needs_allow_empty(tmp_path, sim_files):
+    from defcon.errors import GroundTruthError
+
+    stack, truth = sim_files
+    with TrainingSet(tmp_path / "ts.h5") as ts:
+        with pytest.raises(GroundTruthError, match="no emitter is brighter than the threshold 1e"):
+            ts.add_dataset("a", stack, truth, brightness_threshold=1e9)
+        ts.add_dataset("a", stack, truth, brightness_threshold=1e9, allow_empty=True)
+        assert ts["target"]["a"][:].sum() == 0
