@@ -196,13 +196,15 @@ def _add_train(sub):
                        description="Two-stage training (segmentation, then density) from a "
                        "DEFCoN .ini file; same as `python -m defcon.train CONFIG`.")
     p.add_argument("config", help="training configuration (.ini); see configs/default.ini")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the model already in OutputDir (refused by default)")
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args):
     from .train import train
 
-    result = train(args.config)
+    result = train(args.config, overwrite=args.overwrite)
     print(f"model: {result['model']}")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .errors import ConfigError, DefconError, TrainingError
+from .errors import ConfigError, DefconError, OverwriteError, TrainingError
 from .files import atomic_path, existing_file
 from .models import SEGMENTATION_LAYER_NAMES, CountMAE, DensityLoss
 from .networks import FCN, copy_weights_by_name
@@ -220,7 +220,7 @@ def _check_paths(values, problems):
 
 
 # ------------------------------------------------------------------- training
-def train(config_file, verbose=1):
+def train(config_file, verbose=1, overwrite=False):
     """Train a DEFCoN network as a configuration file says.
 
     Parameters
@@ -230,6 +230,9 @@ def train(config_file, verbose=1):
     verbose : int
         Keras verbosity: 1 shows a progress bar per epoch, 2 a line per epoch,
         0 nothing.
+    overwrite : bool
+        Replace a model already in ``OutputDir`` (by default an error, so that
+        a finished model is never lost by running a configuration again).
 
     Returns
     -------
@@ -239,10 +242,16 @@ def train(config_file, verbose=1):
 
     Raises
     ------
-    ConfigError, MissingFileError, TrainingSetError
+    ConfigError, MissingFileError, TrainingSetError, OverwriteError
         Before any training starts.
+    TrainingError
+        Training diverged or the model cannot be calibrated; no model is written.
     """
     config = read_config(config_file)
+    if config.model_file.exists() and not overwrite:
+        raise OverwriteError(f"{config.model_file}: a trained model is already there; pass "
+                             "--overwrite (overwrite=True) to replace it, or change ModelName "
+                             "or OutputDir")
     keras.utils.set_random_seed(config.seed)
     config.outputdir.mkdir(parents=True, exist_ok=True)
     config.weightdir.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,7 @@ def main():
     print(f"4. training from {CONFIG.name}")
     config = out / CONFIG.name
     shutil.copyfile(CONFIG, config)
-    result = train(config, verbose=2)
+    result = train(config, verbose=2, overwrite=True)  # the example redoes everything
     print(f"   model: {result['model']}; curves: {result['curves']}")
 
     print("5. counting emitters in the held-out stack")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import defcon
-from defcon.errors import ConfigError, MissingFileError, TrainingError
+from defcon.errors import ConfigError, MissingFileError, OverwriteError, TrainingError
 from defcon.networks import FCN
 from defcon.streaming import CompactSetBatches
 from defcon.train import read_config, train
@@ -101,8 +101,10 @@ def test_diverged_training_fails_and_keeps_the_previous_model(tmp_path, compact_
     first = train(config, verbose=0)["model"]
     before = first.read_bytes()
     config.write_text(config.read_text().replace("AdamLR = 0.001", "AdamLR = 1e30"))
-    with pytest.raises(TrainingError, match="diverged"):
+    with pytest.raises(OverwriteError, match="already there"):
         train(config, verbose=0)
+    with pytest.raises(TrainingError, match="diverged"):
+        train(config, verbose=0, overwrite=True)
     assert first.read_bytes() == before
 
 
@@ -233,4 +235,4 @@ def test_count_calibration_matches_validation_counts(tmp_path, compact_file, wri
     assert result["count_scale"] != 1.0
     assert predicted == pytest.approx(y.sum(dtype=np.float64), rel=1e-4)
     off = write_config(compact_file, extra="CountCalibration = false")
-    assert train(off, verbose=0)["count_scale"] == 1.0
+    assert train(off, verbose=0, overwrite=True)["count_scale"] == 1.0
