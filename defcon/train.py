@@ -48,6 +48,7 @@ SCHEMA = {
         "seed": (int, 0, None),
         "patience": (int, 3, _NON_NEGATIVE),
         "reducelrpatience": (int, 1, _NON_NEGATIVE),
+        "dropoutrate": (float, 0.5, (lambda v: 0 <= v < 1, "a fraction >= 0 and < 1")),
         "initialmodel": (Path, None, None),
         "augment": (bool, False, None),
         "countcalibration": (bool, True, None),
@@ -83,6 +84,7 @@ class TrainingConfig:
     seed: int
     patience: int
     reducelrpatience: int
+    dropoutrate: float
     initialmodel: Path
     augment: bool
     countcalibration: bool
@@ -165,6 +167,7 @@ def read_config(config_file):
 _DISPLAY = {"modelname": "ModelName", "trainingsetpath": "TrainingSetPath",
             "outputdir": "OutputDir", "weightdir": "WeightDir", "seed": "Seed",
             "patience": "Patience", "reducelrpatience": "ReduceLRPatience",
+            "dropoutrate": "DropoutRate",
             "initialmodel": "InitialModel", "augment": "Augment",
             "countcalibration": "CountCalibration",
             "batchsize": "BatchSize", "numepochs": "NumEpochs",
@@ -261,13 +264,15 @@ def train(config_file, verbose=1, overwrite=False):
     initial = FCN.from_file(config.initialmodel) if config.initialmodel else None
     history = _History(config.outputdir / "history.tsv")
     with open_compact_set(config.trainingsetpath) as h5file:
-        seg_model = FCN(output="seg", seed=config.seed, name=Path(config.modelname).stem)
+        seg_model = FCN(output="seg", seed=config.seed, name=Path(config.modelname).stem,
+                        dropout_rate=config.dropoutrate)
         if initial is not None:
             copy_weights_by_name(initial, seg_model)
         seg_weights = config.weightdir / (Path(config.modelname).stem + ".seg.weights.h5")
         _fit_stage(seg_model, "seg", config.seg, config, h5file, seg_weights, history, verbose)
 
-        density_model = FCN(output="density", seed=config.seed, name=Path(config.modelname).stem)
+        density_model = FCN(output="density", seed=config.seed, name=Path(config.modelname).stem,
+                            dropout_rate=config.dropoutrate)
         if initial is not None:
             copy_weights_by_name(initial, density_model)
         copy_weights_by_name(seg_model, density_model)

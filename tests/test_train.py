@@ -139,6 +139,7 @@ def test_training_is_deterministic_for_a_seed(tmp_path, compact_file, write_conf
     (("ModelName = tiny.h5", "ModelName =", 1), r"\[General\] ModelName: missing \(required\)"),
     (("[SegNet]", "[SegmentationNet]", 1), r"missing section \[SegNet\]"),
     (("Seed = 1", "Seed = 1\nAugment = maybe", 1), r"\[General\] Augment: 'maybe' is not true or false"),
+    (("Seed = 1", "Seed = 1\nDropoutRate = 1.5", 1), r"\[General\] DropoutRate: '1.5' must be a fraction >= 0"),
     (("Seed = 1", "Seed = 1\nInitialModel = nowhere.keras", 1), r"InitialModel: .*nowhere\.keras does not exist"),
 ])
 def test_config_errors_name_section_and_key(compact_file, write_config, edit, message):
