@@ -240,10 +240,7 @@ class FCN(keras.Model):
         name = DEFAULT_PRETRAINED if name is None else name
         if name not in PRETRAINED_MODELS:
             raise ConfigError(f"pretrained model {name!r}: expected one of {PRETRAINED_MODELS}")
-        path = RESOURCES / f"{name}.keras"
-        if not path.exists():  # the default before its first training
-            path = RESOURCES / f"{PRETRAINED_MODELS[-1]}.keras"
-        return cls.from_file(path)
+        return cls.from_file(RESOURCES / f"{name}.keras")
 
     def with_output(self, output):
         """Return a new FCN sharing this one's weights, with another output.
