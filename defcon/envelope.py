@@ -151,7 +151,10 @@ def _spot_scales(frames, min_z):
     """Scale (pixels) of each spot in frames (k, H, W), shape (n,)."""
     k, h, w = frames.shape
     pad = min(8, h - 1, w - 1)
-    padded = np.pad(frames, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    # Mirror padding (no wrap-around at the edges) up to sizes the FFT is fast at.
+    fast_h, fast_w = (scipy.fft.next_fast_len(n + 2 * pad, real=True) for n in (h, w))
+    padded = np.pad(frames, ((0, 0), (pad, fast_h - h - pad), (pad, fast_w - w - pad)),
+                    mode="reflect")
     filters, gains = _log_filters(*padded.shape[1:])
     spectrum = scipy.fft.rfft2(padded)  # float32 in, complex64 out
     responses = scipy.fft.irfft2(spectrum[None] * filters[:, None], s=padded.shape[1:])
