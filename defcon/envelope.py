@@ -209,7 +209,7 @@ class EnvelopeCheck:
         ``flag`` (the PSF flag) and ``n_dense`` (frames flagged as too dense).
     """
 
-    def __init__(self, envelope, frame_shape, pixel_budget=1 / 16):
+    def __init__(self, envelope, frame_shape, pixel_budget=1 / 32):
         self.envelope, self.frame_shape = envelope, tuple(frame_shape)
         self.pixel_budget = pixel_budget
         self.chunks = []
