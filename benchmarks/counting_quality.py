@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tifffile
-from scipy import ndimage
 
-from _common import machine_facts
+from _common import machine_facts, spot_counts
 
 PROJECT = Path(__file__).resolve().parents[1]
 REFERENCE_MODEL = PROJECT.parent / "shared" / "reference" / "defcon_tf13.h5"
@@ -95,23 +94,6 @@ def true_counts(stack_dir, n_frames):
 def network_counts(model, stack):
     return model.predict(stack[..., None].astype(np.float32), batch_size=64,
                          verbose=0).sum(axis=(1, 2, 3))
-
-
-def spot_counts(stack, sigma, threshold):
-    """Local maxima (3x3) of the Gaussian-filtered frame above threshold * noise.
-
-    The noise is the robust (median absolute deviation) spread of the filtered
-    frame, so empty frames are not filled with noise peaks.
-    """
-    counts = []
-    for frame in stack.astype(np.float32):
-        smooth = ndimage.gaussian_filter(frame, sigma)
-        background = np.median(smooth)
-        noise = 1.4826 * np.median(np.abs(smooth - background))
-        peaks = (smooth == ndimage.maximum_filter(smooth, size=3)) & \
-            (smooth > background + threshold * noise)
-        counts.append(int(peaks.sum()))
-    return np.array(counts)
 
 
 def tune_spot_counter(folder):

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage, signal, special
+from scipy import signal, special
 
-from _common import machine_facts
+from _common import machine_facts, spot_counts
 
 PROJECT = Path(__file__).resolve().parents[1]
 REFERENCE_MODEL = PROJECT.parent / "shared" / "reference" / "defcon_tf13.h5"
@@ -161,19 +161,6 @@ def make_stack(condition, density, frames, seed):
 
 
 # --------------------------------------------------------------- counters
-def spot_counts(stack, sigma, threshold):
-    """Local maxima (3x3) of the Gaussian-filtered frame above background + threshold * noise."""
-    counts = []
-    for frame in stack.astype(np.float32):
-        smooth = ndimage.gaussian_filter(frame, sigma)
-        background = np.median(smooth)
-        noise = 1.4826 * np.median(np.abs(smooth - background))
-        peaks = (smooth == ndimage.maximum_filter(smooth, size=3)) & \
-            (smooth > background + threshold * noise)
-        counts.append(int(peaks.sum()))
-    return np.array(counts)
-
-
 def tune_spot_counter(n_stacks=6, frames=100):
     """Filter width and threshold with the lowest MAE on stacks from the training ranges."""
     from defcon.conditions import sample_conditions, simulation_parameters

@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 import scipy.fft
-from scipy import ndimage
 
 #: Densities are quoted per 64 x 64 pixels whatever the frame size.
 FRAME_PX = 64 * 64
