@@ -82,8 +82,8 @@ def _run_simulate(args):
         drawn = conditions.sample_conditions(args.seed, n_frames=args.frames)
     elif args.conditions:
         drawn = conditions.read_conditions(args.conditions)
-    args.set_values = _parse_assignments(args.set)
-    params = {**(conditions.simulation_parameters(drawn) if drawn else {}), **args.set_values}
+    overrides = _parse_assignments(args.set)
+    params = {**(conditions.simulation_parameters(drawn) if drawn else {}), **overrides}
     if args.density_sweep is not None:
         if len(args.density_sweep) not in (0, 2):
             raise SystemExit("defcon simulate: error: --density-sweep takes no value or LOW HIGH")
@@ -96,7 +96,7 @@ def _run_simulate(args):
           f"({summary['emitters_per_frame_min']} to {summary['emitters_per_frame_max']})")
     if drawn is not None:
         drawn = {**drawn, **params}
-        if "photon_rate" in args.set_values:
+        if "photon_rate" in overrides:
             drawn["brightness_threshold"] = conditions.THRESHOLD_FRACTION * params["photon_rate"]
         conditions.write_conditions(drawn, Path(args.out) / "conditions.json")
         print(f"conditions: {Path(args.out) / 'conditions.json'} (camera {drawn.get('camera')}, "
