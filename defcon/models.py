@@ -121,20 +121,31 @@ class DensityLoss(keras.losses.Loss):
     ----------
     lambda_factor : float
         Weight of the count term (DEFCoN recommends 0.01).
+    frame_weight_scale : float
+        If > 0, each frame's loss is weighted by ``1 / (1 + n / frame_weight_scale)``
+        (``n`` its true count), so sparse frames weigh as much as crowded ones,
+        whose squared errors otherwise dominate; 0 weights frames equally.
     """
 
-    def __init__(self, lambda_factor=0.01, name="density_loss", **kwargs):
+    def __init__(self, lambda_factor=0.01, frame_weight_scale=0.0, name="density_loss",
+                 **kwargs):
         super().__init__(name=name, **kwargs)
         self.lambda_factor = float(lambda_factor)
+        self.frame_weight_scale = float(frame_weight_scale)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
         pixel = ops.sum(ops.square(y_true - y_pred), axis=(1, 2, 3))
-        count = ops.square(ops.sum(y_true, axis=(1, 2, 3)) - ops.sum(y_pred, axis=(1, 2, 3)))
-        return pixel + self.lambda_factor * count
+        true_count = ops.sum(y_true, axis=(1, 2, 3))
+        count = ops.square(true_count - ops.sum(y_pred, axis=(1, 2, 3)))
+        loss = pixel + self.lambda_factor * count
+        if self.frame_weight_scale > 0:
+            loss = loss / (1.0 + true_count / self.frame_weight_scale)
+        return loss
 
     def get_config(self):
-        return {**super().get_config(), "lambda_factor": self.lambda_factor}
+        return {**super().get_config(), "lambda_factor": self.lambda_factor,
+                "frame_weight_scale": self.frame_weight_scale}
 
 
 @keras.saving.register_keras_serializable(package="defcon")

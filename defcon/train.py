@@ -55,6 +55,7 @@ SCHEMA = {
     },
     "SegNet": dict(_STAGE_KEYS),
     "DensityNet": {"lambdafactor": (float, 0.01, _NON_NEGATIVE),
+                   "frameweightscale": (float, 0.0, _NON_NEGATIVE),
                    "freezesegmentation": (bool, True, None), **_STAGE_KEYS},
 }
 HISTORY_COLUMNS = ("epoch", "stage", "loss", "val_loss", "val_count_mae")
@@ -69,6 +70,7 @@ class StageConfig:
     validationsplit: float
     adamlr: float
     lambdafactor: float = 0.0
+    frameweightscale: float = 0.0
     freezesegmentation: bool = True
 
 
@@ -172,7 +174,8 @@ _DISPLAY = {"modelname": "ModelName", "trainingsetpath": "TrainingSetPath",
             "countcalibration": "CountCalibration",
             "batchsize": "BatchSize", "numepochs": "NumEpochs",
             "validationsplit": "ValidationSplit", "adamlr": "AdamLR",
-            "lambdafactor": "LambdaFactor", "freezesegmentation": "FreezeSegmentation"}
+            "lambdafactor": "LambdaFactor", "freezesegmentation": "FreezeSegmentation",
+            "frameweightscale": "FrameWeightScale"}
 
 
 def _display(key):
@@ -353,7 +356,7 @@ def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbo
     if stage == "seg":
         loss, metrics = keras.losses.BinaryCrossentropy(), []
     else:
-        loss, metrics = DensityLoss(settings.lambdafactor), [CountMAE()]
+        loss, metrics = DensityLoss(settings.lambdafactor, settings.frameweightscale), [CountMAE()]
     model.compile(optimizer=keras.optimizers.Adam(settings.adamlr), loss=loss, metrics=metrics)
     log.info("stage %s: %d training and %d validation frames, batch %d, up to %d epochs",
              stage, n_frames - n_val, n_val, settings.batchsize, settings.numepochs)

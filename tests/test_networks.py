@@ -138,6 +138,11 @@ def test_density_loss_is_pixel_plus_lambda_count():
     count = (y_true.sum(axis=(1, 2, 3)) - y_pred.sum(axis=(1, 2, 3))) ** 2
     loss = float(DensityLoss(0.01)(y_true, y_pred))
     assert loss == pytest.approx(np.mean(pixel + 0.01 * count), rel=1e-5)
+    # Frame weighting: each frame's loss divided by 1 + n / scale (n its true count).
+    weight = 1 / (1 + y_true.sum(axis=(1, 2, 3)) / 20)
+    weighted = float(DensityLoss(0.01, frame_weight_scale=20)(y_true, y_pred))
+    assert weighted == pytest.approx(np.mean(weight * (pixel + 0.01 * count)), rel=1e-5)
+    assert DensityLoss.from_config(DensityLoss(0.1, 5).get_config()).frame_weight_scale == 5
 
 
 def test_pretrained_model_counts_simulated_emitters():
