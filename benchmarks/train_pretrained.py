@@ -9,9 +9,11 @@ Steps (each skipped when its output exists in DIR, so an interrupted run resumes
    shuffled compact set;
 3. phase 1, configs/pretrained-warmup.ini: fine-tune the previous shipped model
    (defcon-sim-2026a) end to end for a few epochs (DIR/warmup/);
-   phase 2, configs/pretrained.ini: continue with a slower learning-rate decay
-   (DIR/model/defcon_pretrained.keras);
-4. record the training envelope in the model (DIR/model/defcon-broad-2026b.keras).
+   phase 2, configs/pretrained.ini: continue without dropout and with a slower
+   learning-rate decay (DIR/model/);
+   phase 3, configs/pretrained-balance.ini: weigh sparse frames as much as
+   crowded ones (DIR/balance/defcon_pretrained.keras);
+4. record the training envelope in the model (DIR/balance/defcon-broad-2026b.keras).
 
 Copy the model to defcon/resources/ to ship it. Wall times go to DIR/timings.json.
 """
@@ -101,14 +103,15 @@ def record_envelope(folder):
     from defcon.envelope import Envelope
     from defcon.networks import FCN
 
-    out = folder / "model" / "defcon-broad-2026b.keras"
+    out = folder / "balance" / "defcon-broad-2026b.keras"
     if out.exists():
         return
-    model = FCN.from_file(folder / "model" / "defcon_pretrained.keras")
+    model = FCN.from_file(folder / "balance" / "defcon_pretrained.keras")
     model.envelope = Envelope(
         psf_sigma_px=TRAINING_RANGES["psf_sigma_px"][:2],
         emitters_per_frame=(0.0, TRAINING_RANGES["emitters_per_frame"][1]),
-        description="defcon-broad-2026b: defcon-sim-2026a fine-tuned end to end on 60,000 "
+        description="defcon-broad-2026b: defcon-sim-2026a fine-tuned end to end in three "
+        "phases on 60,000 "
         "simulated 64 x 64 frames (240 stacks) whose conditions were drawn from "
         "defcon.conditions.TRAINING_RANGES (benchmarks/train_pretrained.py)")
     model.save(out)
@@ -128,6 +131,7 @@ def main():
                       ("warm-up", lambda: train_phase(args.folder, "pretrained-warmup.ini",
                                                       previous_model(args.folder))),
                       ("train", lambda: train_phase(args.folder, "pretrained.ini")),
+                      ("balance", lambda: train_phase(args.folder, "pretrained-balance.ini")),
                       ("envelope", lambda: record_envelope(args.folder))):
         start = time.perf_counter()
         run()
