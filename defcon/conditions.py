@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .envelope import FRAME_PX  # densities are quoted per 64 x 64 pixels
 from .errors import ConfigError
 from .files import atomic_path
 
-#: Pixels of the 64 x 64 frame in which densities are quoted.
-FRAME_PX = 64 * 64
 #: The brightness threshold of simulated stacks, as a fraction of the photons of a
 #: typical fluorophore on for a whole frame: an emitter counts in a frame when it
 #: emits more than this (on for most of the exposure, or not unusually dim).
