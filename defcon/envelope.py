@@ -21,8 +21,6 @@ FRAME_PX = 64 * 64
 #: up to ~20 % wide (docs/performance.md), so chunks at the top of the range
 #: in those conditions can be flagged.
 SIGMA_TOLERANCE = 0.1
-#: Flag names in the counts CSV, joined by '+' when several apply.
-FLAGS = ("psf_narrow", "psf_wide", "too_dense")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +79,11 @@ SCALES = 0.5 * np.sqrt(2.0) ** np.arange(8)
 MIN_SPOTS = 8
 #: The check stops measuring a chunk's frames once it has this many spots.
 ENOUGH_SPOTS = 40
+#: Detection threshold of a spot, in noise standard deviations of its response.
+MIN_Z = 8.0
 
 
-def estimate_psf_sigma(frames, min_z=8.0):
+def estimate_psf_sigma(frames, min_z=MIN_Z):
     """Estimate the PSF standard deviation of raw frames from their spots' scale.
 
     The scale-normalised Laplacian of Gaussian ``-s² LoG_s * I`` of a Gaussian
@@ -91,9 +91,10 @@ def estimate_psf_sigma(frames, min_z=8.0):
     ignores smooth background (gradients, haze). Frames are filtered at
     :data:`SCALES` (in Fourier space, all frames and scales at once, after
     mirror padding); every local maximum in scale and space (3 scales x 5 x 5
-    pixels) standing ``min_z`` noise standard deviations above its scale's
-    median is a spot, and its scale is found by a parabola through the
-    responses around the best (in log scale). The median spot variance, less
+    pixels) whose response exceeds ``min_z`` standard deviations of that
+    scale's response to the frame's pixel noise is a spot (the filters
+    integrate to zero, so flat background responds 0), and its scale is found
+    by a parabola through the responses around the best (in log scale). The median spot variance, less
     the pixel's 1/12 px², gives sigma.
 
     Parameters
@@ -110,12 +111,17 @@ def estimate_psf_sigma(frames, min_z=8.0):
         PSF standard deviation, pixels (NaN with fewer than ``MIN_SPOTS`` spots).
     n_spots : int
     """
+    return _median_sigma(_checked_spot_scales(frames, min_z))
+
+
+def _checked_spot_scales(frames, min_z=MIN_Z):
+    """:func:`_spot_scales` of frames (k, H, W[, 1]); none for too few or too small frames."""
     frames = np.asarray(frames, np.float32)
     if frames.ndim == 4:
         frames = frames[..., 0]
     if frames.ndim != 3 or len(frames) == 0 or min(frames.shape[1:]) < 9:
-        return math.nan, 0
-    return _median_sigma(_spot_scales(frames, min_z))
+        return np.zeros(0)
+    return _spot_scales(frames, min_z)
 
 
 def _median_sigma(scales):
@@ -225,8 +231,7 @@ class EnvelopeCheck:
         step = max(1, (2 * 64 * 64) // (sample.shape[1] * sample.shape[2]))
         scales = []
         for start in range(0, len(sample), step):
-            scales.append(_spot_scales(np.asarray(sample[start:start + step], np.float32), 8.0)
-                          if min(sample.shape[1:3]) >= 9 else np.zeros(0))
+            scales.append(_checked_spot_scales(sample[start:start + step]))
             if sum(len(x) for x in scales) >= ENOUGH_SPOTS:
                 break
         self._psf[int(frames[0])] = _median_sigma(np.concatenate(scales))

@@ -150,8 +150,9 @@ def predict_tiff(model, input_file, index=None, batch_size=None, output=None, pr
                 else:
                     writer.write(density)
                     out[pos] = density.sum(axis=(1, 2, 3), dtype=np.float64)
-    if check is not None and check.summary():
-        log.warning("%s: %s", Path(input_file).name, check.summary())
+    summary = check.summary() if check is not None else ""
+    if summary:
+        log.warning("%s: %s", Path(input_file).name, summary)
     return out
 
 

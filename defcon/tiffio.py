@@ -103,10 +103,7 @@ class TiffStack:
             if page.is_contiguous:  # frames follow each other: the file size tells
                 frame_bytes = height * width * dtype.itemsize
                 complete = (self.path.stat().st_size - page.dataoffsets[0]) // frame_bytes
-            raise UnsupportedFileError(
-                f"{self.path}: truncated or damaged file: its metadata declares {declared} "
-                f"frames but it ends after frame {min(complete, declared)} (1-based; the last "
-                "complete frame)")
+            self._truncated(declared, min(complete, declared))
         return (n_frames, height, width), dtype, all_series[0]
 
     def _declared_frames(self):
@@ -155,9 +152,12 @@ class TiffStack:
             end = max(o + c for o, c in zip(last.dataoffsets, last.databytecounts))
             complete = n_frames if end <= size else n_frames - 1
         if complete < n_frames:
-            raise UnsupportedFileError(
-                f"{self.path}: truncated file: it declares {n_frames} frames but ends after "
-                f"frame {complete} (1-based; the last complete frame)")
+            self._truncated(n_frames, complete)
+
+    def _truncated(self, declared, complete):
+        raise UnsupportedFileError(
+            f"{self.path}: truncated or damaged file: it declares {declared} frames but ends "
+            f"after frame {complete} (1-based; the last complete frame)")
 
     def _try_memmap(self):
         """Map uncompressed contiguous pixel data; None when pages must be read."""

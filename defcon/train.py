@@ -128,15 +128,11 @@ def read_config(config_file):
         lists all of them by section and key.
     """
     path = existing_file(config_file, "training configuration").resolve()
-    # No interpolation: a '%' in a value (a path, a comment) is just a character.
-    parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), interpolation=None)
     try:
         try:
-            parser.read(path, encoding="utf-8")
+            parser = _parse_ini(path, "utf-8")
         except UnicodeDecodeError:  # files saved by older editors: every byte is Latin-1
-            parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"),
-                                               interpolation=None)
-            parser.read(path, encoding="latin-1")
+            parser = _parse_ini(path, "latin-1")
     except configparser.Error as err:
         raise ConfigError(f"{path}: not a valid .ini file: {err}") from err
     problems, values = [], {}
@@ -164,6 +160,13 @@ def read_config(config_file):
              for name in ("SegNet", "DensityNet")}
     return TrainingConfig(config_file=path, **general, seg=stage["SegNet"],
                           density=stage["DensityNet"])
+
+
+def _parse_ini(path, encoding):
+    # No interpolation: a '%' in a value (a path, a comment) is just a character.
+    parser = configparser.ConfigParser(inline_comment_prefixes=("#", ";"), interpolation=None)
+    parser.read(path, encoding=encoding)
+    return parser
 
 
 _DISPLAY = {"modelname": "ModelName", "trainingsetpath": "TrainingSetPath",
