@@ -7,6 +7,7 @@ Everything streams: frames are read and written in chunks, so stacks and sets
 may be larger than RAM.
 """
 
+import contextlib
 import datetime
 import logging
 from pathlib import Path
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 from . import __version__, groundtruth
 from .errors import (DuplicateNameError, GroundTruthError, MissingFileError, ShapeMismatchError,
                      TrainingSetError, UnsupportedFileError)
-from .files import atomic_path, check_free_space, check_output, existing_file, sha256_file
+from .files import atomic_path, check_output, existing_file, hdf5_space, sha256_file
 from .tiffio import TiffStack, is_tiff, to_float
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,14 @@ AUGMENT_LOG10_RANGE = (-0.5, 1.0)
 
 def _frames_per_chunk(height, width):
     return max(1, CHUNK_BYTES // (4 * height * width))
+
+
+def _written_bytes(shape, groups):
+    """Disk bytes that writing ``groups`` of ``shape = (frames, H, W)`` takes, with margin."""
+    n_frames, height, width = shape
+    pixel_bytes = sum(1 if g == "seg_map" else 4 for g in groups)
+    # Chunk index entries (one chunk per frame) and the datasets' headers.
+    return n_frames * (height * width * pixel_bytes + 64 * len(groups)) + (1 << 20)
 
 
 def _provenance(**extra):
@@ -190,8 +199,6 @@ class TrainingSet(h5py.File):
                     f"{stack.path}: frames of {height} x {width} px; training needs heights "
                     "and widths that are multiples of 4 (two stride-2 layers): crop the stack "
                     f"to {height - height % 4} x {width - width % 4} first")
-            check_free_space(self.filename, n_frames * height * width * 9,
-                             f"dataset {name!r} ({n_frames} frames of {height} x {width})")
             truth = groundtruth.read_ground_truth(ground_truth, n_frames, height, width)
             truth = truth.sort_values("frame", kind="stable")
             if not allow_empty and not (truth["brightness"] > brightness_threshold).any():
@@ -208,7 +215,7 @@ class TrainingSet(h5py.File):
             source = _provenance(source_file=str(Path(input_file).resolve()),
                                  source_sha256=sha256_file(stack.path),
                                  ground_truth=_describe_ground_truth(ground_truth), **params)
-            with self._writing(name, ("input", "target", "seg_map"), stack.shape) as out:
+            with self._writing(name, GROUPS, stack.shape) as out:
                 bar = tqdm(total=n_frames, unit="frame", desc=f"adding {name}",
                            disable=not progress)
                 for start, frames in stack.chunks(_frames_per_chunk(height, width)):
@@ -299,37 +306,34 @@ class TrainingSet(h5py.File):
                     f"{self.filename}: a dataset named '{name}' already exists in {group}/ "
                     "(choose another name or delete it first)")
 
+    @contextlib.contextmanager
     def _writing(self, name, groups, shape):
-        """Context manager creating ``groups/name`` under temporary names.
+        """Create ``groups/name`` under temporary names, on reserved disk space.
 
         The datasets become visible (renamed) only when the block completes;
-        on any exception they are deleted.
+        on any exception they are deleted. A disk without room for them is
+        refused before anything is written (see :func:`defcon.files.hdf5_space`).
+
+        Yields
+        ------
+        dict
+            ``{group: h5py.Dataset}`` of shape ``(frames, H, W, 1)``.
         """
-        return _PartialDatasets(self, name, groups, shape)
-
-
-class _PartialDatasets:
-    def __init__(self, training_set, name, groups, shape):
-        self.ts, self.name, self.groups = training_set, name, groups
         n, height, width = shape
-        self.datasets = {
-            g: training_set[g].create_dataset(
+        what = f"dataset {name!r} ({n} frames of {height} x {width})"
+        with hdf5_space(self, _written_bytes(shape, groups), what):
+            partial = {g: self[g].create_dataset(
                 PARTIAL + name, shape=(n, height, width, 1),
-                dtype=np.uint8 if g == "seg_map" else np.float32,
-                chunks=(1, height, width, 1))
-            for g in groups}
-
-    def __enter__(self):
-        return self.datasets
-
-    def __exit__(self, exc_type, exc, tb):
-        for group in self.groups:
-            if exc_type is None:
-                self.ts[group].move(PARTIAL + self.name, self.name)
-            else:
-                del self.ts[group][PARTIAL + self.name]
-        self.ts.flush()
-        return False
+                dtype=np.uint8 if g == "seg_map" else np.float32, chunks=(1, height, width, 1))
+                for g in groups}
+            try:
+                yield partial
+            except BaseException:
+                for group in groups:
+                    del self[group][PARTIAL + name]
+                raise
+            for group in groups:
+                self[group].move(PARTIAL + name, name)
 
 
 def _hdf5_problem(err):
@@ -459,14 +463,14 @@ def _compact(ts, output_file, shuffle, augment, seed, progress):
     names, frame_shape = _compatible_sources(ts)
     lengths = [ts["input"][n].shape[0] for n in names]
     total = sum(lengths)
-    check_free_space(output_file, total * frame_shape[0] * frame_shape[1] * 9,
-                     f"a compact set of {total} frames")
     rng = np.random.default_rng(seed)
     # destination[i] is where global source frame i goes.
     destination = rng.permutation(total) if shuffle else np.arange(total)
     chunk = _frames_per_chunk(*frame_shape)
     output_file = Path(output_file)
-    with atomic_path(output_file) as tmp, h5py.File(tmp, "w") as out:
+    with (atomic_path(output_file) as tmp, h5py.File(tmp, "w") as out,
+          hdf5_space(out, _written_bytes((total,) + frame_shape, GROUPS),
+                     f"a compact set of {total} frames", reported_as=output_file)):
         out.attrs[MARKER] = __version__
         out.attrs.update(_provenance(source_file=str(Path(ts.filename).resolve()),
                                      shuffle=shuffle, augment=augment,

@@ -1,6 +1,7 @@
 """Small file helpers shared by every writer: atomic writes and checksums."""
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -11,6 +12,9 @@ from pathlib import Path
 from .errors import DiskFullError, MissingFileError, OverwriteError
 
 log = logging.getLogger(__name__)
+
+#: What the operating system answers when a write finds no room.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @contextlib.contextmanager
@@ -46,8 +50,11 @@ def atomic_path(path, suffix=None):
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         _remove(tmp)
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            raise DiskFullError(f"{path}: the disk is full ({err.strerror}); nothing was "
+                                "written, free some space and run again") from err
         raise
 
 
@@ -166,10 +173,89 @@ def check_free_space(path, needed_bytes, what):
     DiskFullError
         With the bytes needed and free.
     """
+    folder, free = _free_space(path)
+    if needed_bytes > free:
+        raise _disk_full(path, needed_bytes, what, folder, free)
+
+
+def reserve_space(path, needed_bytes, what, *, reported_as=None):
+    """Allocate ``needed_bytes`` of disk at the end of the existing file ``path``.
+
+    HDF5 cannot recover from a full disk in the middle of a write: the library
+    is left in a state where the next call on any of its files may crash the
+    process, and the file may stay damaged. Writing into blocks allocated
+    beforehand cannot run out of room, even when another program fills the
+    disk meanwhile. HDF5 appends new data at its own end-of-file mark, which is
+    at or before the physical end, so the reserved blocks are the ones it
+    fills; HDF5 ignores bytes past its mark and trims them on its next close.
+
+    Parameters
+    ----------
+    path : str or Path
+        An existing file about to grow by about ``needed_bytes``.
+    needed_bytes : int
+    what : str
+        What is being written, for the message.
+    reported_as : str or Path, optional
+        The name the message gives (e.g. the final name of a temporary file).
+
+    Raises
+    ------
+    DiskFullError
+        The disk (or quota) has less room; nothing was allocated.
+    """
+    reported_as = path if reported_as is None else reported_as
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows: the best we can do
+        check_free_space(reported_as, needed_bytes, what)
+        return
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            os.posix_fallocate(fd, size, max(1, int(needed_bytes)))
+        except OSError as err:
+            os.ftruncate(fd, size)  # a failed allocation may leave some blocks
+            if err.errno in DISK_FULL_ERRNOS:
+                raise _disk_full(reported_as, needed_bytes, what, *_free_space(path)) from err
+            check_free_space(reported_as, needed_bytes, what)  # no fallocate on this file system
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def hdf5_space(h5file, needed_bytes, what, *, reported_as=None):
+    """Reserve room for writing into an open HDF5 file; give back what was not used.
+
+    See :func:`reserve_space`. On leaving the block the file is cut back to
+    the end HDF5 has used, so no unused reservation stays on disk.
+
+    Parameters
+    ----------
+    h5file : h5py.File
+        Open for writing.
+    needed_bytes : int
+    what : str
+    reported_as : str or Path, optional
+    """
+    reserve_space(h5file.filename, needed_bytes, what, reported_as=reported_as)
+    try:
+        yield
+    finally:
+        if h5file.id.valid:
+            h5file.flush()
+            used = h5file.id.get_filesize()  # HDF5's end-of-file mark, not the disk size
+            if os.path.getsize(h5file.filename) > used:
+                os.truncate(h5file.filename, used)
+
+
+def _free_space(path):
+    """``(folder, free bytes)`` of the nearest existing folder holding ``path``."""
     folder = Path(path).resolve().parent
     while not folder.exists():
         folder = folder.parent
-    free = shutil.disk_usage(folder).free
-    if needed_bytes > free:
-        raise DiskFullError(f"{path}: writing {what} needs about {needed_bytes / 2**20:,.0f} MiB "
-                            f"but {folder} has {free / 2**20:,.0f} MiB free")
+    return folder, shutil.disk_usage(folder).free
+
+
+def _disk_full(path, needed_bytes, what, folder, free):
+    return DiskFullError(f"{path}: writing {what} needs about {needed_bytes / 2**20:,.0f} MiB "
+                         f"but {folder} has {free / 2**20:,.0f} MiB free")

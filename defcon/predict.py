@@ -23,7 +23,7 @@ import numpy as np
 
 from .engine import DEFAULT_PRECISION, PRECISIONS, compiled_network  # noqa: F401
 from .errors import FrameIndexError, ShapeMismatchError, UnsupportedFileError
-from .files import atomic_path, check_free_space, check_output
+from .files import atomic_path, check_free_space, check_output, hdf5_space
 from .tiffio import TiffStack
 
 log = logging.getLogger(__name__)
@@ -330,14 +330,16 @@ class DensityWriter:
         self._written = 0
 
     def __enter__(self):
-        check_free_space(self.path, 4 * int(np.prod(self.shape)),
-                         f"{self.shape[0]} density maps of {self.shape[1]} x {self.shape[2]}")
+        what = f"{self.shape[0]} density maps of {self.shape[1]} x {self.shape[2]}"
+        size = 4 * int(np.prod(self.shape)) + 64 * self.shape[0] + (1 << 20)
+        check_free_space(self.path, size, what)
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(atomic_path(self.path))
             if self.path.suffix.lower() in (".h5", ".hdf5"):
                 import h5py
 
                 self._file = stack.enter_context(h5py.File(tmp, "w"))
+                stack.enter_context(hdf5_space(self._file, size, what, reported_as=self.path))
                 self._data = self._file.create_dataset("density", self.shape, np.float32,
                                                        chunks=(1,) + self.shape[1:])
                 self._data.attrs.update(self.attrs)

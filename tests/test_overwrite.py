@@ -71,20 +71,6 @@ def test_export_never_replaces_its_model(tmp_path, model_file, capsys):
 
 
 # ------------------------------------------------------------- bad days: one-line errors
-def test_full_disk_is_refused_before_writing(tmp_path, sim_files, monkeypatch):
-    import shutil
-    from collections import namedtuple
-
-    from defcon.errors import DiskFullError
-
-    usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
-    with TrainingSet(tmp_path / "ts.h5") as ts:
-        with pytest.raises(DiskFullError, match=r"ts.h5: writing dataset 'a' .* MiB free"):
-            ts.add_dataset("a", *sim_files)
-        assert ts.names() == []
-
-
 def test_locked_and_truncated_training_sets_are_one_line_errors(tmp_path, sim_files):
     import subprocess
     import sys
