@@ -25,7 +25,7 @@ EPILOG = """workflow:
   defcon train configs/quickstart.ini             two-stage training
   defcon predict model.keras stack.tif --counts counts.csv
   defcon export model.keras --fiji Fiji.app/plugins
-  defcon demo                                     all of the above on built-in defaults
+  defcon clean .                                  remove what interrupted runs left
 """
 
 
@@ -392,6 +392,28 @@ def _add_info(sub):
     p.set_defaults(run=lambda args: _print_info(args.file))
 
 
+def _add_clean(sub):
+    p = sub.add_parser(
+        "clean", help="remove temporary files left by interrupted defcon runs",
+        description="Remove the hidden temporary files (.NAME.defcon-PID-*.tmp*) that defcon "
+                    "processes killed hard (SIGKILL, power loss) left behind, and the incomplete "
+                    "datasets of TrainingSets in FOLDER. Files of defcon processes still running "
+                    "are kept. Each defcon write also cleans its own folder, so this is only "
+                    "needed to reclaim space at once.")
+    p.add_argument("folders", nargs="+", metavar="FOLDER", help="folders to clean")
+    p.add_argument("--recursive", "-r", action="store_true", help="also clean sub-folders")
+    p.set_defaults(run=_run_clean)
+
+
+def _run_clean(args):
+    from .cleaning import clean
+
+    removed = clean(args.folders, recursive=args.recursive)
+    for line in removed:
+        print(f"removed {line}")
+    print(f"{len(removed)} leftover(s) removed" if removed else "nothing to clean")
+
+
 def _print_info(path):
     from .info import describe
 
@@ -407,7 +429,7 @@ def build_parser():
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_simulate, _add_build, _add_compact, _add_train, _add_predict, _add_export,
-                _add_info):
+                _add_info, _add_clean):
         add(sub)
     return parser
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from defcon import files
+from defcon import datasets, files
 from defcon.datasets import TrainingSet, compact_set
 from defcon.errors import DiskFullError
 from defcon.files import reserve_space
@@ -155,3 +155,30 @@ def test_a_build_killed_mid_write_leaves_earlier_datasets_and_the_next_build_wor
         ts.add_dataset("again", *sim_files)
     with h5py.File(path, "r") as f:
         assert sorted(f["target"]) == ["again", "first"]
+
+
+def test_clean_removes_leftovers_of_dead_processes_only(tmp_path, sim_files, capsys):
+    from defcon.cli import main
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "sub").mkdir()
+    leftovers = [tmp_path / f".counts.defcon-{dead.pid}-x1.tmp.csv",
+                 tmp_path / "sub" / f".density.defcon-{dead.pid}-x2.tmp.h5"]
+    running = tmp_path / f".model.defcon-{os.getpid()}-x3.tmp.keras"
+    for path in leftovers + [running]:
+        path.write_bytes(b"half")
+    with TrainingSet(tmp_path / "ts.h5") as ts:
+        ts.add_dataset("ok", *sim_files)
+        ts["input"].create_dataset(datasets.PARTIAL + "dead", data=np.zeros((1, 4, 4, 1)))
+
+    assert main(["clean", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert str(leftovers[0]) in out and f"input/{datasets.PARTIAL}dead" in out
+    assert not leftovers[0].exists() and leftovers[1].exists() and running.exists()
+    with h5py.File(tmp_path / "ts.h5", "r") as f:
+        assert list(f["input"]) == ["ok"]
+    assert main(["clean", "-r", str(tmp_path)]) == 0
+    assert not leftovers[1].exists() and running.exists()
+    assert main(["clean", str(tmp_path / "absent")]) == 1
+    assert "absent: folder not found" in capsys.readouterr().err
