@@ -21,13 +21,17 @@ import org.junit.jupiter.api.Assumptions;
  * The golden files written by make_golden.py ({@code -Ddefcon.golden}) and the shared
  * reference folder ({@code -Ddefcon.reference}).
  *
- * <p>When they are missing, tests are skipped on a developer's machine and fail in CI
- * ({@code -Ddefcon.requireGolden=true}, or the {@code CI} environment variable set).
+ * <p>When the golden files are missing, tests are skipped on a developer's machine and fail
+ * in CI ({@code -Ddefcon.requireGolden=true}, or the {@code CI} environment variable set):
+ * ci.sh writes them. When the shared reference folder is missing, the tests that need it are
+ * always skipped, with the reason (it is not part of this project).
+ *
+ * <p>Public for the tests of {@code org.defcon.serving.ij}.
  */
-final class GoldenFiles {
+public final class GoldenFiles {
 
     /** Tolerance of the golden comparisons (float32 maps of values up to a few units). */
-    static final double TOLERANCE = 1e-4;
+    public static final double TOLERANCE = 1e-4;
 
     final Path root;
     final Properties props;
@@ -44,14 +48,14 @@ final class GoldenFiles {
     }
 
     /** Skips (locally) or fails (CI) the calling test with {@code message}. */
-    static void missing(String message) {
+    public static void missing(String message) {
         if (required()) {
             fail(message);
         }
         Assumptions.abort(message);
     }
 
-    static GoldenFiles load() {
+    public static GoldenFiles load() {
         String dir = System.getProperty("defcon.golden", "target/golden");
         Path root = Paths.get(dir).toAbsolutePath();
         Path file = root.resolve("cases.properties");
@@ -67,14 +71,35 @@ final class GoldenFiles {
         return new GoldenFiles(root, props);
     }
 
-    /** The shared reference folder ({@code ../../shared/reference} from java-serving). */
-    static Path reference() {
-        Path dir = Paths.get(System.getProperty("defcon.reference", "../../shared/reference"))
-                .toAbsolutePath().normalize();
+    /** Where the shared reference folder should be: {@code -Ddefcon.reference}, else {@code ../../shared/reference}. */
+    public static Path referenceFolder() {
+        return Paths.get(System.getProperty("defcon.reference", "../../shared/reference")).toAbsolutePath().normalize();
+    }
+
+    /**
+     * The shared reference folder ({@code ../../shared/reference} from java-serving, or
+     * {@code -Ddefcon.reference}); skips the calling test (JUnit assumption, also in CI) when it
+     * or the part {@code parts} of it that the test needs is absent.
+     */
+    public static Path reference(String... parts) {
+        Path dir = referenceFolder();
         if (!Files.isDirectory(dir.resolve("defcon-imagej"))) {
-            missing(dir + ": the shared reference folder (with defcon-imagej/) was not found");
+            Assumptions.abort("skipped: this test needs the reference DEFCoN models of the shared reference folder, "
+                    + "not found at " + dir + " (set -Ddefcon.reference=DIR)");
         }
-        return dir;
+        Path path = dir;
+        for (String part : parts) {
+            path = path.resolve(part);
+        }
+        if (!Files.exists(path)) {
+            Assumptions.abort("skipped: this test needs " + path + ", absent from the shared reference folder");
+        }
+        return path;
+    }
+
+    /** Whether make_golden.py wrote the cases that need the reference folder. */
+    public boolean hasReferenceCases() {
+        return "true".equals(props.getProperty("reference_cases"));
     }
 
     String get(String key) {
@@ -111,7 +136,7 @@ final class GoldenFiles {
         return out;
     }
 
-    Path path(String key) {
+    public Path path(String key) {
         return root.resolve(get(key));
     }
 

@@ -3,7 +3,9 @@ package org.defcon.serving.ij;
 /**
  * Plugins &gt; DEFCoN &gt; Maximum local count...: the local count map (emitters in every box)
  * of every slice of the current stack, and a table of counts (slice, count, max local
- * count). With a max-count model folder (tf_max_count) only the table is made.
+ * count, and DEFCoN-ImageJ's columns: see {@link StackCounter.Result#table}). With a max-count
+ * model folder (tf_max_count) only the table is made. Macro options: {@code model=} or
+ * DEFCoN-ImageJ's {@code path=}, and {@code box=} (see {@link DefconCommand}).
  */
 public class MaxLocalCountPlugin extends DefconCommand {
 

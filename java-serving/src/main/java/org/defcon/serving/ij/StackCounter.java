@@ -36,7 +36,12 @@ public final class StackCounter {
     public static final class Result {
         /** The maps, one slice per input slice, or null for {@link Maps#NONE} and max-count models. */
         public final ImageStack maps;
-        /** One row per slice: "Slice", "Count", "Max local count" (no "Count" for a max-count model). */
+        /**
+         * One row per slice: "Slice", "Count", "Max local count", then the same numbers under the
+         * column names of the original DEFCoN-ImageJ plugin: "Rounded count", "Exact count",
+         * "Max local count (BxB)" (see {@link StackCounter#maxLocalCountColumn}). A max-count
+         * model gives only "Slice", "Max local count" and "Max local count (7x7)".
+         */
         public final ResultsTable table;
 
         Result(ImageStack maps, ResultsTable table) {
@@ -49,6 +54,27 @@ public final class StackCounter {
     public static final String SLICE = "Slice";
     public static final String COUNT = "Count";
     public static final String MAX_LOCAL_COUNT = "Max local count";
+
+    /*
+     * The columns of the original DEFCoN-ImageJ plugin (LEB-EPFL), whose menu entries ours
+     * reuse, written next to ours so that macros reading them with getResult() keep working.
+     */
+    /** The count rounded to the nearest integer (DEFCoN-ImageJ's "Density map..." table). */
+    public static final String ROUNDED_COUNT = "Rounded count";
+    /** The count: the sum of the density map, as {@link #COUNT} (DEFCoN-ImageJ's "Density map..." table). */
+    public static final String EXACT_COUNT = "Exact count";
+    /** The box of DEFCoN-ImageJ's max-count network, in its column name "Max local count (7x7)". */
+    public static final int ORIGINAL_BOX = 7;
+
+    /**
+     * {@code "Max local count (BxB)"}: the maximum local count with a box of side {@code box},
+     * as {@link #MAX_LOCAL_COUNT}; with the default box 7 it is the column of DEFCoN-ImageJ's
+     * "Maximum local count..." table, "Max local count (7x7)". A max-count model's value goes
+     * under {@code maxLocalCountColumn(ORIGINAL_BOX)}, as in DEFCoN-ImageJ.
+     */
+    public static String maxLocalCountColumn(int box) {
+        return MAX_LOCAL_COUNT + " (" + box + "x" + box + ")";
+    }
 
     private StackCounter() {
     }
@@ -88,12 +114,19 @@ public final class StackCounter {
             table.incrementCounter();
             table.addValue(SLICE, i);
             if (model.kind() == DefconModel.Kind.MAX_COUNT) {
-                table.addValue(MAX_LOCAL_COUNT, model.predictMaxCount(image));
+                float maxCount = model.predictMaxCount(image);
+                table.addValue(MAX_LOCAL_COUNT, maxCount);
+                table.addValue(maxLocalCountColumn(ORIGINAL_BOX), maxCount);
             } else {
                 float[][] density = model.predictDensity(image);
                 float[][] local = DensityMaps.localCounts(density, box);
-                table.addValue(COUNT, DensityMaps.count(density));
-                table.addValue(MAX_LOCAL_COUNT, max(local));
+                double count = DensityMaps.count(density);
+                double maxLocal = max(local);
+                table.addValue(COUNT, count);
+                table.addValue(MAX_LOCAL_COUNT, maxLocal);
+                table.addValue(ROUNDED_COUNT, Math.round(count));
+                table.addValue(EXACT_COUNT, count);
+                table.addValue(maxLocalCountColumn(box), maxLocal);
                 float[][] map = maps == Maps.DENSITY ? density : maps == Maps.LOCAL_COUNTS ? local : null;
                 if (map != null) {
                     if (out == null) {
