@@ -5,6 +5,9 @@ with the header ``frame,id,x,y,z,brightness``. Frames are 1-based; ``x`` is the
 column and ``y`` the row, in pixels, with the origin at the top-left corner of
 the top-left pixel, so pixel (row r, column c) covers [c, c+1) x [r, r+1).
 
+A CSV is parsed and checked in chunks; :func:`read_emitters` keeps only what
+the maps need (16 bytes per emitter), so large frame loggers fit in memory.
+
 Density maps put a 2-D Gaussian on every emitter brighter than a threshold.
 Each emitter only touches a window of about +-5 sigma around itself, so the
 cost per emitter does not depend on the frame size.
@@ -22,7 +25,8 @@ from scipy.special import erf
 
 from .errors import GroundTruthError, GroundTruthWarning, MissingFileError, UnsupportedFileError
 
-__all__ = ["read_ground_truth", "density_stack", "segmentation_stack", "count_per_frame"]
+__all__ = ["read_ground_truth", "read_emitters", "Emitters", "density_stack", "segmentation_stack",
+           "count_per_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +40,9 @@ _TRUNCATE = 5.0
 # Entries (emitter x window pixel) scattered per block: small enough for the index
 # and values (0.5 MB) to stay in cache; 1.5-2x faster than blocks of 2**21 or more.
 _BLOCK_ENTRIES = 1 << 16
+# Rows of a CSV parsed and checked at once: about 20 MB of parser buffers, pandas columns
+# and checks (300 bytes per row); larger chunks cost memory and are no faster.
+_CHUNK_ROWS = 1 << 16
 
 
 # --------------------------------------------------------------------------- reading
@@ -73,6 +80,12 @@ def read_ground_truth(ground_truth, n_frames=None, height=None, width=None):
         message names the file (or "DataFrame"), the column and the first bad
         line (or index label).
 
+    Notes
+    -----
+    A CSV is parsed and checked ``_CHUNK_ROWS`` lines at a time, but the result
+    holds every row and column (about 50 bytes per emitter): for large files use
+    :func:`read_emitters`, which keeps 16 bytes per emitter.
+
     Examples
     --------
     >>> import pandas as pd
@@ -81,43 +94,212 @@ def read_ground_truth(ground_truth, n_frames=None, height=None, width=None):
     >>> read_ground_truth(gt, n_frames=2, height=8, width=8)["frame"].tolist()
     [1, 2]
     """
-    table, columns, inside = _validate(ground_truth, n_frames, height, width, stacklevel=3)
-    # Build the result from arrays once: assigning columns one by one into a copy
-    # made pandas consolidate blocks repeatedly (seconds for millions of rows).
-    data = {name: columns.get(name, table[name].array) for name in table.columns}
-    if not inside.all():
-        data = {name: values[inside] for name, values in data.items()}
-    return pd.DataFrame(data)
+    parts = []
+    for _, table, columns, inside in _validated_chunks(ground_truth, n_frames, height, width,
+                                                       stacklevel=3):
+        # Build each part from arrays once: assigning columns one by one into a copy
+        # made pandas consolidate blocks repeatedly (seconds for millions of rows).
+        data = {name: columns.get(name, table[name].array) for name in table.columns}
+        if not inside.all():
+            data = {name: values[inside] for name, values in data.items()}
+        parts.append(pd.DataFrame(data))
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
-def _validate(ground_truth, n_frames, height, width, stacklevel):
-    """Return (table as loaded, dict of validated required columns of shape (N,),
-    mask of shape (N,) of the rows inside the frame); ``frame`` is int64, the rest float64."""
+class Emitters:
+    """Validated emitters of one stack in compact arrays, sorted by frame.
+
+    Made by :func:`read_emitters`; pass it to :func:`density_stack` or
+    :func:`count_per_frame` in place of the CSV so that the CSV is read once.
+
+    Attributes
+    ----------
+    label : str
+        The CSV (or "DataFrame") the emitters were read from, for messages.
+    n_frames : int
+    height, width : int or None
+        The stack the emitters were checked against.
+    brightness_threshold : float or None
+        Only emitters with ``brightness > brightness_threshold`` were kept.
+    starts : ndarray of int64, shape (n_frames + 1,)
+        The emitters of 0-based frame ``f`` are rows ``starts[f]:starts[f + 1]``.
+    x, y : ndarray of float64, shape (N,)
+        Positions in pixels (``x`` = column, ``y`` = row), in frame order and,
+        within a frame, in the order of the input.
+    brightest : float or None
+        Largest brightness among the emitters inside the frame, before the
+        threshold; None if there is none.
+    """
+
+    def __init__(self, label, n_frames, height, width, brightness_threshold, starts, x, y,
+                 brightest):
+        self.label, self.n_frames, self.height, self.width = label, n_frames, height, width
+        self.brightness_threshold, self.brightest = brightness_threshold, brightest
+        self.starts, self.x, self.y = starts, x, y
+
+    def __len__(self):
+        return int(self.starts[-1])
+
+    def __repr__(self):
+        return (f"<Emitters {len(self)} from {self.label} for {self.n_frames} frames of "
+                f"{self.width} x {self.height}, brightness > {self.brightness_threshold}>")
+
+    def _check(self, n_frames, height, width, brightness_threshold):
+        used = (n_frames, height, width, brightness_threshold)
+        read = (self.n_frames, self.height, self.width, self.brightness_threshold)
+        if used != read:
+            raise GroundTruthError(
+                f"{self.label}: emitters read for (n_frames, height, width, "
+                f"brightness_threshold) = {read} cannot be used for {used}; read them again")
+
+
+def read_emitters(ground_truth, n_frames, height=None, width=None, brightness_threshold=250):
+    """Read and validate a frame logger into compact arrays, a CSV in chunks.
+
+    Checks everything :func:`read_ground_truth` checks, with the same errors
+    and warnings, but keeps only the positions of the emitters inside the frame
+    and brighter than the threshold, sorted by frame: 16 bytes per emitter plus
+    a chunk of the CSV (a 1 GB SASS frame logger, about 25 million emitters,
+    needs about 400 MB).
+
+    Parameters
+    ----------
+    ground_truth : str, Path or pandas.DataFrame
+        Frame-logger CSV or DataFrame (see :func:`read_ground_truth`).
+    n_frames : int
+        Number of frames in the stack.
+    height, width : int, optional
+        Frame size in pixels; emitters outside it are dropped with a warning.
+    brightness_threshold : float or None
+        Keep emitters with ``brightness > brightness_threshold`` (compared at
+        full precision); None keeps all. Pass the same threshold (default 250,
+        as theirs) to :func:`density_stack` and :func:`count_per_frame`.
+
+    Returns
+    -------
+    Emitters
+
+    Raises
+    ------
+    MissingFileError, UnsupportedFileError, GroundTruthError
+        As :func:`read_ground_truth`.
+
+    Notes
+    -----
+    Frame loggers are usually in frame order. Emitters out of frame order are
+    sorted (stably) at the end, which needs about 20 more bytes per emitter.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> gt = pd.DataFrame({"frame": [2, 1, 2], "x": [3.5, 4.0, 1.0], "y": [1.5, 2.0, 6.0],
+    ...                    "brightness": [1000.0, 100.0, 800.0]})
+    >>> emitters = read_emitters(gt, n_frames=2, height=8, width=8, brightness_threshold=250)
+    >>> len(emitters), emitters.starts.tolist(), emitters.x.tolist()
+    (2, [0, 0, 2], [3.5, 1.0])
+    """
+    return _read_compact(ground_truth, n_frames, height, width, brightness_threshold,
+                         positions=True, stacklevel=3)
+
+
+def _as_emitters(ground_truth, n_frames, height, width, threshold, positions, stacklevel):
+    """``ground_truth`` as :class:`Emitters`, checked against the stack if it is one already."""
+    if isinstance(ground_truth, Emitters):
+        ground_truth._check(n_frames, height, width, threshold)
+        return ground_truth
+    return _read_compact(ground_truth, n_frames, height, width, threshold, positions,
+                         stacklevel + 1)
+
+
+def _read_compact(ground_truth, n_frames, height, width, brightness_threshold, positions,
+                  stacklevel):
+    """:class:`Emitters` from a CSV or DataFrame; without ``positions``, x and y are None.
+
+    ``x`` and ``y`` are allocated for every line of the CSV at once: only the
+    pages written are resident, so a bound costs no memory and nothing is copied.
+    """
+    n_frames = _positive_int(n_frames, "n_frames")
+    threshold = _threshold(brightness_threshold)
+    counts = np.zeros(n_frames, dtype=np.int64)
+    x = y = frames = None  # 0-based frames per emitter, only once they are out of order
+    n, last, brightest = 0, 0, -np.inf
+    for label, table, columns, inside in _validated_chunks(ground_truth, n_frames, height, width,
+                                                           stacklevel + 1):
+        if inside.any():
+            brightest = max(brightest, float(columns["brightness"][inside].max()))
+        keep = inside & _bright(columns, threshold)
+        chunk_frames = columns["frame"][keep] - 1
+        if positions:
+            k = len(chunk_frames)
+            if x is None:
+                capacity = _max_rows(ground_truth)
+                x, y = np.empty(capacity), np.empty(capacity)
+            if frames is None and k and (chunk_frames[0] < last
+                                         or np.any(chunk_frames[1:] < chunk_frames[:-1])):
+                frames = np.empty(len(x), dtype=np.int32)
+                frames[:n] = np.repeat(np.arange(n_frames, dtype=np.int32), counts)
+            if frames is not None:
+                frames[n:n + k] = chunk_frames
+            x[n:n + k], y[n:n + k] = columns["x"][keep], columns["y"][keep]
+            n, last = n + k, chunk_frames[-1] if k else last
+        counts += np.bincount(chunk_frames, minlength=n_frames)
+    if positions:
+        x, y = x[:n], y[:n]
+        if frames is not None:
+            order = np.argsort(frames[:n], kind="stable")
+            del frames
+            x[:] = x[order]
+            y[:] = y[order]
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    return Emitters(label, n_frames, height, width, threshold, starts, x, y,
+                    brightest if np.isfinite(brightest) else None)
+
+
+def _max_rows(ground_truth):
+    """An upper bound on the rows of a DataFrame or CSV (its line breaks, CR and LF each)."""
+    if isinstance(ground_truth, pd.DataFrame):
+        return len(ground_truth)
+    count = 1
+    with open(ground_truth, "rb") as file:
+        for block in iter(lambda: file.read(1 << 24), b""):
+            count += block.count(b"\n") + block.count(b"\r")
+    return count
+
+
+def _validated_chunks(ground_truth, n_frames, height, width, stacklevel):
+    """Yield ``(label, table, columns, inside)`` for each chunk of the ground truth.
+
+    ``table`` is the chunk as loaded; ``columns`` maps each required column to its
+    validated array of shape (N,) (``frame`` int64, the rest float64); ``inside`` is
+    the bool mask of shape (N,) of the emitters inside the frame. After the last
+    chunk, raise if most emitters of all chunks lie outside the frame, else warn
+    about those dropped (``stacklevel`` counts from this generator).
+    """
     n_frames = _positive_int(n_frames, "n_frames", optional=True)
     height = _positive_int(height, "height", optional=True)
     width = _positive_int(width, "width", optional=True)
-    table, label, from_file = _load(ground_truth)
-
-    def where(label_index):
-        return f"line {label_index + 2}" if from_file else f"index {label_index!r}"
-
-    missing = ", ".join(repr(name) for name in REQUIRED_COLUMNS if name not in table.columns)
-    if missing:
-        found = ", ".join(map(str, table.columns)) or "none"
-        raise GroundTruthError(
-            f"{label}: missing column(s) {missing} (found: {found}); {_HEADER_HINT}")
-    columns = {name: _numeric_column(table[name], name, label, where) for name in REQUIRED_COLUMNS}
-    _check_frames(columns["frame"], table.index, n_frames, label, where)
-    columns["frame"] = columns["frame"].astype(np.int64)
-    inside = _inside(columns, height, width, label, stacklevel + 1)
-    logger.debug("%s: %d emitters, %d inside the frame", label, len(inside), int(inside.sum()))
-    return table, columns, inside
+    outside = _Outside(height, width)
+    for table, label, where in _chunks(ground_truth):
+        columns = {name: _numeric_column(table[name], name, label, where)
+                   for name in REQUIRED_COLUMNS}
+        _check_frames(columns["frame"], table.index, n_frames, label, where)
+        columns["frame"] = columns["frame"].astype(np.int64)
+        yield label, table, columns, outside.add(columns["x"], columns["y"])
+    outside.finish(label, stacklevel + 1)
+    logger.debug("%s: %d emitters, %d inside the frame", label, outside.total,
+                 outside.total - outside.out)
 
 
-def _load(ground_truth):
-    """Return (table, label for messages, whether line numbers apply)."""
+def _chunks(ground_truth):
+    """Yield ``(table, label, where)``: the ground truth in chunks of ``_CHUNK_ROWS`` rows.
+
+    A DataFrame is one chunk. A CSV yields at least one chunk (empty for a header
+    alone) without its blank lines; ``where(index label)`` names a row's line or index.
+    """
     if isinstance(ground_truth, pd.DataFrame):
-        return ground_truth, "DataFrame", False
+        _check_columns(ground_truth.columns, "DataFrame")
+        yield ground_truth, "DataFrame", lambda index: f"index {index!r}"
+        return
     if not isinstance(ground_truth, (str, os.PathLike)):
         kind = type(ground_truth).__name__
         raise TypeError(f"ground_truth must be a path or a DataFrame, not {kind}")
@@ -127,15 +309,27 @@ def _load(ground_truth):
     if path.is_dir():
         raise UnsupportedFileError(f"{path}: is a folder; {_HEADER_HINT}")
     try:
-        # Blank lines are kept as all-NaN rows so that index + 2 is the line number.
-        table = pd.read_csv(path, skip_blank_lines=False, low_memory=False)
+        # Blank lines are kept as all-NaN rows so that index + 2 is the line number
+        # (the index runs on from chunk to chunk).
+        with pd.read_csv(path, skip_blank_lines=False, chunksize=_CHUNK_ROWS,
+                         low_memory=False) as reader:
+            for table in reader:
+                table.columns = [str(name).strip() for name in table.columns]
+                _check_columns(table.columns, path)
+                yield table.dropna(how="all"), str(path), lambda index: f"line {index + 2}"
     except pd.errors.EmptyDataError:
         raise GroundTruthError(f"{path}: the file is empty; {_HEADER_HINT}") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise UnsupportedFileError(
             f"{path}: cannot be read as CSV ({exc}); {_HEADER_HINT}") from None
-    table.columns = [str(name).strip() for name in table.columns]
-    return table.dropna(how="all"), str(path), True
+
+
+def _check_columns(columns, label):
+    missing = ", ".join(repr(name) for name in REQUIRED_COLUMNS if name not in columns)
+    if missing:
+        found = ", ".join(map(str, columns)) or "none"
+        raise GroundTruthError(
+            f"{label}: missing column(s) {missing} (found: {found}); {_HEADER_HINT}")
 
 
 def _numeric_column(column, name, label, where):
@@ -167,35 +361,51 @@ def _check_frames(frames, index, n_frames, label, where):
                 f"{label}: column 'frame' at {where_}: frame {frames[first]:g} {problem}")
 
 
-def _inside(columns, height, width, label, stacklevel):
-    """Mask of emitters inside [0, width) x [0, height); warn about the others."""
-    x, y = columns["x"], columns["y"]
-    inside = np.ones(len(x), dtype=bool)
-    if width is not None:
-        inside &= (x >= 0) & (x < width)
-    if height is not None:
-        inside &= (y >= 0) & (y < height)
-    n_out = len(x) - int(inside.sum())
-    if n_out > 0.5 * len(x) and n_out >= 3:
-        raise GroundTruthError(f"{label}: {n_out} of {len(x)} emitters lie outside the "
-                               f"{width} x {height} frame; {_likely_cause(x, y, height, width)}")
-    if n_out:
-        bounds = [f"0 <= {axis} < {size}" for axis, size in (("x", width), ("y", height)) if size]
-        warnings.warn(f"{label}: dropped {n_out} of {len(x)} emitters whose centre lies outside "
-                      f"the frame ({', '.join(bounds)})", GroundTruthWarning, stacklevel=stacklevel)
-    return inside
+class _Outside:
+    """Emitters outside [0, width) x [0, height), counted over all chunks."""
 
+    def __init__(self, height, width):
+        self.height, self.width = height, width
+        self.total = self.out = self.swapped = 0  # swapped: inside once x and y are swapped
+        self.x_max = self.y_max = -np.inf
 
-def _likely_cause(x, y, height, width):
-    """A guess at why positions miss the frame, for the error message."""
-    if width and height:
-        swapped = (y >= 0) & (y < width) & (x >= 0) & (x < height)
-        if swapped.mean() > 0.9:
-            return "x and y look swapped (x is the column, y the row)"
-        if np.nanmax(x) > 10 * width or np.nanmax(y) > 10 * height:
-            return ("positions look like nanometres: frame loggers give x and y in pixels "
-                    "(divide by the pixel size in nm)")
-    return "check that x and y are in pixels of this stack (x = column, y = row)"
+    def add(self, x, y):
+        """Count emitters at ``x``, ``y`` of shape (N,); return the bool mask of those inside."""
+        inside = np.ones(len(x), dtype=bool)
+        if self.width is not None:
+            inside &= (x >= 0) & (x < self.width)
+        if self.height is not None:
+            inside &= (y >= 0) & (y < self.height)
+        if self.width and self.height and len(x):
+            self.swapped += int(np.count_nonzero((y >= 0) & (y < self.width)
+                                                 & (x >= 0) & (x < self.height)))
+            self.x_max, self.y_max = max(self.x_max, x.max()), max(self.y_max, y.max())
+        self.total += len(x)
+        self.out += len(x) - int(np.count_nonzero(inside))
+        return inside
+
+    def finish(self, label, stacklevel):
+        """Raise if most emitters lie outside the frame, else warn about those dropped."""
+        out, total = self.out, self.total
+        if out > 0.5 * total and out >= 3:
+            raise GroundTruthError(f"{label}: {out} of {total} emitters lie outside the "
+                                   f"{self.width} x {self.height} frame; {self._likely_cause()}")
+        if out:
+            bounds = [f"0 <= {axis} < {size}"
+                      for axis, size in (("x", self.width), ("y", self.height)) if size]
+            warnings.warn(f"{label}: dropped {out} of {total} emitters whose centre lies outside "
+                          f"the frame ({', '.join(bounds)})", GroundTruthWarning,
+                          stacklevel=stacklevel)
+
+    def _likely_cause(self):
+        """A guess at why positions miss the frame, for the error message."""
+        if self.width and self.height:
+            if self.swapped > 0.9 * self.total:
+                return "x and y look swapped (x is the column, y the row)"
+            if self.x_max > 10 * self.width or self.y_max > 10 * self.height:
+                return ("positions look like nanometres: frame loggers give x and y in pixels "
+                        "(divide by the pixel size in nm)")
+        return "check that x and y are in pixels of this stack (x = column, y = row)"
 
 
 # --------------------------------------------------------------------------- maps
@@ -205,9 +415,10 @@ def density_stack(ground_truth, n_frames, height, width, sigma=1.0,
 
     Parameters
     ----------
-    ground_truth : str, Path or pandas.DataFrame
+    ground_truth : str, Path, pandas.DataFrame or Emitters
         Frame-logger CSV or DataFrame, validated as in :func:`read_ground_truth`
-        (emitters outside the frame are dropped with a warning).
+        (emitters outside the frame are dropped with a warning), or
+        :class:`Emitters` read for the same stack and ``brightness_threshold``.
     n_frames, height, width : int
         Size of the stack the ground truth belongs to.
     sigma : float
@@ -235,15 +446,16 @@ def density_stack(ground_truth, n_frames, height, width, sigma=1.0,
     Raises
     ------
     GroundTruthError
-        For invalid ground truth (see :func:`read_ground_truth`) or parameters.
+        For invalid ground truth (see :func:`read_ground_truth`) or parameters,
+        or :class:`Emitters` read for another stack or threshold.
 
     Notes
     -----
     Each emitter costs the same whatever the frame size (a window of 11 x 11
     pixels at sigma = 1). To stream a long stack, read the CSV once with
-    :func:`read_ground_truth` and pass the DataFrame with successive
-    ``frame_range`` chunks; each call re-checks the table (vectorised, tens of
-    nanoseconds per row).
+    :func:`read_emitters` and pass the :class:`Emitters` with successive
+    ``frame_range`` chunks: each call then only slices the frames it draws.
+    A CSV or DataFrame is read and checked again on every call.
 
     Examples
     --------
@@ -263,15 +475,16 @@ def density_stack(ground_truth, n_frames, height, width, sigma=1.0,
     if kernel not in KERNELS:
         raise GroundTruthError(f"kernel must be 'integrated' or 'sampled', got {kernel!r}")
     start, stop = _frame_range(frame_range, n_frames)
-    _, columns, inside = _validate(ground_truth, n_frames, height, width, stacklevel=3)
+    emitters = _as_emitters(ground_truth, n_frames, height, width, threshold, positions=True,
+                            stacklevel=3)
 
-    frames = columns["frame"] - 1
-    keep = inside & (frames >= start) & (frames < stop) & _bright(columns, threshold)
+    rows = slice(emitters.starts[start], emitters.starts[stop])
+    frames = np.repeat(np.arange(stop - start), np.diff(emitters.starts[start:stop + 1]))
     out = np.zeros((stop - start, height, width), dtype=np.float32)
-    if keep.any():
-        rows0, wy = _axis_weights(columns["y"][keep], height, float(sigma), kernel)
-        cols0, wx = _axis_weights(columns["x"][keep], width, float(sigma), kernel)
-        _scatter_add(out, frames[keep] - start, rows0, wy, cols0, wx)
+    if len(frames):
+        rows0, wy = _axis_weights(emitters.y[rows], height, float(sigma), kernel)
+        cols0, wx = _axis_weights(emitters.x[rows], width, float(sigma), kernel)
+        _scatter_add(out, frames, rows0, wy, cols0, wx)
     return out
 
 
@@ -341,8 +554,10 @@ def count_per_frame(ground_truth, n_frames, brightness_threshold=250, *, height=
 
     Parameters
     ----------
-    ground_truth : str, Path or pandas.DataFrame
-        Frame-logger CSV or DataFrame (see :func:`read_ground_truth`).
+    ground_truth : str, Path, pandas.DataFrame or Emitters
+        Frame-logger CSV or DataFrame (see :func:`read_ground_truth`), or
+        :class:`Emitters` read for the same arguments. A CSV is streamed in
+        chunks: memory does not grow with its length.
     n_frames : int
         Number of frames in the stack.
     brightness_threshold : float or None
@@ -358,9 +573,9 @@ def count_per_frame(ground_truth, n_frames, brightness_threshold=250, *, height=
     """
     n_frames = _positive_int(n_frames, "n_frames")
     threshold = _threshold(brightness_threshold)
-    _, columns, inside = _validate(ground_truth, n_frames, height, width, stacklevel=3)
-    frames = columns["frame"][inside & _bright(columns, threshold)] - 1
-    return np.bincount(frames, minlength=n_frames).astype(np.int64)
+    emitters = _as_emitters(ground_truth, n_frames, height, width, threshold, positions=False,
+                            stacklevel=3)
+    return np.diff(emitters.starts)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,11 +1,16 @@
 """Tests for defcon.groundtruth: frame-logger reading, density and segmentation maps."""
 
+import json
+import subprocess
+import sys
+import textwrap
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from scipy.special import erf
 from scipy.stats import multivariate_normal
 
@@ -17,7 +22,9 @@ from defcon.errors import (
     UnsupportedFileError,
 )
 from conftest import make_ground_truth
-from defcon.groundtruth import count_per_frame, density_stack, read_ground_truth, segmentation_stack
+from defcon import groundtruth
+from defcon.groundtruth import (Emitters, count_per_frame, density_stack, read_emitters,
+                                read_ground_truth, segmentation_stack)
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sass-frame-loggers"
 HEADER = "frame,id,x,y,z,brightness"
@@ -280,6 +287,185 @@ def test_positions_mostly_outside_the_frame_are_an_error_naming_the_cause(tmp_pa
     truth.to_csv(path, index=False)
     with pytest.raises(GroundTruthError, match=f"wrong.csv: .*outside the 80 x 24 frame.*{cause}"):
         read_ground_truth(path, n_frames=3, height=24, width=80)
+
+
+# --------------------------------------------------------------------------- chunked reading
+def sass_lines(frames, rng, width=40, height=24):
+    """Frame-logger lines (no header) for the given 1-based frames, SASS-like."""
+    n = len(frames)
+    x, y = rng.uniform(0, width, n), rng.uniform(0, height, n)
+    brightness = rng.uniform(100, 3000, n).round()
+    return [f"{f},{i},{a:.4f},{b:.4f},0.0000,{c:.4f}"
+            for i, (f, a, b, c) in enumerate(zip(frames, x, y, brightness))]
+
+
+@pytest.fixture
+def small_csv_chunks(monkeypatch):
+    """Read CSVs 4 rows at a time."""
+    monkeypatch.setattr(groundtruth, "_CHUNK_ROWS", 4)
+
+
+def test_chunked_reading_gives_the_one_shot_result(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    frames = rng.integers(1, 9, 41)  # out of frame order, across chunks
+    lines = [line + ",e" for line in sass_lines(frames, rng)]
+    lines[5] = "3,99,-1.5,3.0,0.0,900,e"  # one emitter outside the frame
+    lines.insert(9, "")  # a blank line
+    path = write_csv(tmp_path, f"{HEADER},extra\n" + "\n".join(lines) + "\n")
+    # The reference: pandas reads the whole file at once (a blank line makes id float).
+    table = pd.read_csv(path, skip_blank_lines=False).dropna(how="all")
+    inside = table[(table.x >= 0) & (table.x < 40) & (table.y >= 0) & (table.y < 24)]
+    expected = inside.reset_index(drop=True).astype({"frame": np.int64})
+    bright = expected[expected.brightness > 250].sort_values("frame", kind="stable")
+    dense = density_stack(expected, 8, 24, 40)
+    for rows in (3, 7, 1 << 16):
+        monkeypatch.setattr(groundtruth, "_CHUNK_ROWS", rows)
+        with pytest.warns(GroundTruthWarning, match="dropped 1 of 41 emitters") as record:
+            gt = read_ground_truth(path, n_frames=8, height=24, width=40)
+        assert len(record) == 1  # one warning for the whole file, not one per chunk
+        pd.testing.assert_frame_equal(gt, expected)
+        with pytest.warns(GroundTruthWarning):
+            emitters = read_emitters(path, 8, 24, 40, brightness_threshold=250)
+        assert emitters.starts.tolist() == [0, *np.cumsum(np.bincount(bright.frame - 1,
+                                                                      minlength=8))]
+        np.testing.assert_array_equal(emitters.x, bright.x)
+        np.testing.assert_array_equal(emitters.y, bright.y)
+        assert emitters.brightest == inside.brightness.max()
+        with pytest.warns(GroundTruthWarning):
+            np.testing.assert_array_equal(density_stack(path, 8, 24, 40), dense)
+        np.testing.assert_array_equal(density_stack(emitters, 8, 24, 40), dense)
+        with pytest.warns(GroundTruthWarning):
+            counts = count_per_frame(path, 8, height=24, width=40)
+        np.testing.assert_array_equal(counts, np.bincount(bright.frame - 1, minlength=8))
+
+
+@pytest.mark.parametrize("bad, fragments", [
+    ("5,1,2.0,abc,0,900", ["'y'", "'abc'", "line 19"]),
+    ("5,1,2.0,3.0,0,", ["'brightness'", "no value", "line 19"]),
+    ("9,1,2.0,3.0,0,900", ["frame 9", "beyond the stack of 8 frames", "line 19"]),
+])
+def test_a_bad_value_in_a_late_chunk_names_its_line(tmp_path, small_csv_chunks, bad, fragments):
+    lines = sass_lines(np.repeat(np.arange(1, 9), 3), np.random.default_rng(4))
+    lines.insert(8, "")  # line 10 is blank: later line numbers still count it
+    lines[17] = bad  # line 19, in the fifth chunk of 4 rows
+    path = write_csv(tmp_path, HEADER + "\n" + "\n".join(lines) + "\n", name="late.csv")
+    for read in (lambda: read_ground_truth(path, n_frames=8),
+                 lambda: read_emitters(path, 8, 24, 40, brightness_threshold=250),
+                 lambda: count_per_frame(path, 8)):
+        with pytest.raises(GroundTruthError) as info:
+            read()
+        for fragment in ["late.csv", *fragments]:
+            assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("first_out, later_out, error", [(4, 0, False), (0, 6, True)])
+def test_positions_outside_the_frame_are_counted_over_all_chunks(tmp_path, small_csv_chunks,
+                                                                 first_out, later_out, error):
+    # Ten emitters in chunks of 4: the first chunk alone is all outside, yet only 4 of
+    # 10 are (a warning); or 6 of 10, spread over the later chunks (an error).
+    rng = np.random.default_rng(5)
+    lines = sass_lines(np.repeat(np.arange(1, 6), 2), rng)
+    nm = [i for i in range(first_out)] + [9 - i for i in range(later_out)]
+    for i in nm:
+        frame, id_, x, y, z, brightness = lines[i].split(",")
+        lines[i] = ",".join([frame, id_, f"{float(x) * 100:.1f}", f"{float(y) * 100:.1f}", z,
+                             brightness])
+    path = write_csv(tmp_path, HEADER + "\n" + "\n".join(lines) + "\n", name="nm.csv")
+    if error:
+        with pytest.raises(GroundTruthError, match="nm.csv: 6 of 10 emitters lie outside the "
+                                                   "40 x 24 frame.*nanometres"):
+            read_emitters(path, 5, 24, 40)
+    else:
+        with pytest.warns(GroundTruthWarning, match="nm.csv: dropped 4 of 10 emitters") as rec:
+            emitters = read_emitters(path, 5, 24, 40, brightness_threshold=None)
+        assert len(rec) == 1 and rec[0].filename == __file__ and len(emitters) == 6
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_out_of_order_frames_are_sorted_stably_whatever_the_line_ends(tmp_path,
+                                                                      small_csv_chunks, newline):
+    frames = [3, 3, 2, 5, 1, 1, 4, 2, 5, 3, 1]  # chunks in order at first, then not
+    frames = [1, 1, 2, 2, 2, 3, 3] + frames
+    lines = sass_lines(frames, np.random.default_rng(6))
+    path = tmp_path / "shuffled.csv"
+    path.write_bytes((newline.join([HEADER, *lines]) + newline).encode())
+    emitters = read_emitters(path, 5, 24, 40, brightness_threshold=None)
+    order = np.argsort(frames, kind="stable")
+    x = np.array([float(line.split(",")[2]) for line in lines])
+    np.testing.assert_array_equal(emitters.x, x[order])
+    assert emitters.starts.tolist() == [0, *np.cumsum(np.bincount(np.array(frames) - 1))]
+    table = pd.read_csv(path)
+    np.testing.assert_array_equal(density_stack(emitters, 5, 24, 40, brightness_threshold=None),
+                                  density_stack(table, 5, 24, 40, brightness_threshold=None))
+
+
+def test_emitters_are_only_used_for_the_stack_and_threshold_they_were_read_for():
+    gt = emitters([2, 1, 2], [3.5, 4.0, 1.0], [1.5, 2.0, 6.0], brightness=[1000, 100, 800])
+    compact = read_emitters(gt, 2, 8, 8, brightness_threshold=250)
+    assert isinstance(compact, Emitters) and len(compact) == 2 and compact.brightest == 1000
+    assert compact.label == "DataFrame" and "2 from DataFrame" in repr(compact)
+    np.testing.assert_array_equal(count_per_frame(compact, 2, height=8, width=8), [0, 2])
+    np.testing.assert_array_equal(density_stack(compact, 2, 8, 8), density_stack(gt, 2, 8, 8))
+    for args in [(3, 8, 8, 250), (2, 8, 12, 250), (2, 8, 8, 500), (2, 8, 8, None)]:
+        n_frames, height, width, threshold = args
+        with pytest.raises(GroundTruthError, match="DataFrame: emitters read for .* read them"):
+            density_stack(compact, n_frames, height, width, brightness_threshold=threshold)
+    with pytest.raises(GroundTruthError, match="emitters read for"):
+        count_per_frame(compact, 2)  # read with a frame size, counted without
+    pd.testing.assert_frame_equal(gt, emitters([2, 1, 2], [3.5, 4.0, 1.0], [1.5, 2.0, 6.0],
+                                               brightness=[1000, 100, 800]))
+    nothing = read_emitters(gt, 2, 8, 8, brightness_threshold=5000)
+    assert len(nothing) == 0 and nothing.brightest == 1000 and not density_stack(
+        nothing, 2, 8, 8, brightness_threshold=5000).any()
+
+
+MEMORY_CHILD = """
+import json, sys
+from defcon import datasets, groundtruth
+folder, way = sys.argv[1:]
+datasets.CHUNK_BYTES = 1 << 20  # frames of 1 MB at a time: the CSV dominates the memory
+def peak():  # MiB; unlike ru_maxrss, VmHWM does not start at the parent's peak
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+before = peak()
+if way == "add_dataset":
+    with datasets.TrainingSet(folder + "/set.h5", "w") as ts:
+        ts.add_dataset("big", folder + "/stack.tif", folder + "/frame_logger.csv")
+else:
+    groundtruth.count_per_frame(folder + "/frame_logger.csv", 2000, height=64, width=64)
+print(json.dumps(peak() - before))
+"""
+
+
+@pytest.fixture(scope="module")
+def large_csv(tmp_path_factory):
+    """A 54 MB frame logger (1.3 million emitters, 650 in each of 2000 frames of
+    64 x 64 px, in frame order) with its uint16 stack; return their folder."""
+    rng = np.random.default_rng(7)
+    n_frames, per_frame, n = 2000, 650, 6500
+    rests = [b",%d,%.4f,%.4f,0.0000,%.4f" % row for row in zip(
+        range(n), rng.uniform(0, 64, n), rng.uniform(0, 64, n), rng.uniform(100, 3000, n).round())]
+    folder = tmp_path_factory.mktemp("large")
+    with open(folder / "frame_logger.csv", "wb") as file:
+        file.write(HEADER.encode() + b"\n")
+        for f in range(1, n_frames + 1):  # 10 patterns of positions, in turn
+            file.write(b"%d" % f + (b"\n%d" % f).join(rests[(f % 10) * per_frame:][:per_frame])
+                       + b"\n")
+    tifffile.imwrite(folder / "stack.tif",
+                     rng.integers(0, 1000, (n_frames, 64, 64), dtype=np.uint16))
+    return folder
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("way", ["add_dataset", "count_per_frame"])
+def test_reading_a_large_csv_stays_in_bounded_memory(large_csv, way):
+    # Reading the whole 54 MB CSV with pandas raised the peak by 130-190 MiB;
+    # streaming it needs one chunk (~20 MiB) plus 16 bytes per emitter kept (~20 MiB).
+    assert (large_csv / "frame_logger.csv").stat().st_size > 50e6
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(MEMORY_CHILD), str(large_csv),
+                          way], capture_output=True, text=True, check=True)
+    growth_mib = json.loads(out.stdout.strip().splitlines()[-1])
+    assert growth_mib < 80, f"peak RSS grew by {growth_mib:.0f} MiB with {way}"
 
 
 # --------------------------------------------------------------------------- real SASS files
