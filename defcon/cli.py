@@ -40,6 +40,36 @@ def _positive_int(text):
     return value
 
 
+def _index(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a 0-based index (0 or more), not {value}")
+    return value
+
+
+def _add_stack_options(p):
+    g = p.add_argument_group(
+        "stack layout", "Which planes of the TIFF are frames (0-based indices). A file of "
+        "several series is read whole, series after series; a multi-file OME-TIFF "
+        "(Micro-Manager NAME_MMStack_Pos0.ome.tif, ..._1.ome.tif) is read across its files "
+        "from the first one. A hyperstack with more than one axis of several planes besides "
+        "Y and X (e.g. ImageJ TZCYX, TCYX, ZCYX) needs --channel and/or --z so that one axis "
+        "(usually time) is left as frames.")
+    g.add_argument("--series", type=_index, metavar="N",
+                   help="read only series N of a file holding several (default: all of them, "
+                   "when their frames have one shape and type)")
+    g.add_argument("--channel", type=_index, metavar="N",
+                   help="keep channel N of the C axis of a hyperstack")
+    g.add_argument("--z", type=_index, metavar="N",
+                   help="keep plane N of the Z axis of a hyperstack")
+
+
+def _stack_options(args):
+    """The TiffStack keywords of ``--series``, ``--channel`` and ``--z``."""
+    return {key: getattr(args, key) for key in ("series", "channel", "z")
+            if getattr(args, key) is not None}
+
+
 def _add_simulate(sub):
     p = sub.add_parser("simulate", help="simulate an SMLM stack and its frame logger",
                        description="Simulate a PALM/STORM acquisition (SASS-like): writes "
@@ -141,6 +171,7 @@ def _add_build(sub):
                    help="accept a ground truth without any emitter above the threshold "
                    "(background-only training data); refused by default, as it usually means "
                    "a wrong file, threshold or unit")
+    _add_stack_options(p)
     p.set_defaults(run=_run_build)
 
 
@@ -154,7 +185,7 @@ def _run_build(args):
         ts.add_dataset(name, args.stack, args.ground_truth,
                        brightness_threshold=args.brightness_threshold, sigma=args.sigma,
                        seg_threshold=args.seg_threshold, kernel=args.kernel, progress=True,
-                       allow_empty=args.allow_empty)
+                       allow_empty=args.allow_empty, stack_options=_stack_options(args))
         ts.summary()
 
 
@@ -217,7 +248,9 @@ def _add_predict(sub):
                        "records its training envelope (the shipped models do), the PSF width "
                        "of every chunk and the density of every frame are checked against it: "
                        "frames outside get a flag (psf_wide, psf_narrow, too_dense) and a "
-                       "warning, since their counts may be biased.")
+                       "warning, since their counts may be biased. Every frame of the stack is "
+                       "counted or the command fails: see --allow-truncated and --nan-frames "
+                       "for damaged stacks.")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("stack", help="TIFF stack to count")
     p.add_argument("--out", help="also write the density maps to this .tif or .h5 file")
@@ -230,10 +263,19 @@ def _add_predict(sub):
                    help="bfloat16 is ~2.5x faster on CPUs with AMX/AVX512-BF16; counts move "
                    "by ~0.25 %% (float32)")
     p.add_argument("--no-envelope-check", action="store_true",
-                   help="skip the training-envelope check (the flag column stays empty)")
+                   help="skip the training-envelope check (no psf_* or too_dense flags)")
+    p.add_argument("--allow-truncated", action="store_true",
+                   help="count the intact frames of a truncated or damaged stack (an error by "
+                   "default); the summary warns and the last counted frame gets the flag "
+                   "'truncated' in the CSV")
+    p.add_argument("--nan-frames", choices=("error", "flag"), default="error",
+                   help="frames holding NaN or infinite pixels: 'error' stops, naming them "
+                   "(default); 'flag' leaves their count and max_local_count empty with the "
+                   "flag 'nan_pixels' (and NaN density maps) and counts the other frames")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files that defcon did not write (outputs "
                    "never replace an input)")
+    _add_stack_options(p)
     p.set_defaults(run=_run_predict)
 
 
@@ -244,11 +286,12 @@ def _run_predict(args):
 
     import numpy as np
 
-    from .errors import ModelFileError
+    from .errors import ModelFileError, UnsupportedFileError
     from .files import atomic_path, check_output
     from .networks import FCN
     from .predict import (COUNT_COLUMNS, DensityWriter, count_rows, envelope_check_for,
-                          is_counts_csv, is_density_output, iter_predict_tiff)
+                          is_counts_csv, is_density_output, iter_predict_tiff, mark_nonfinite,
+                          nonfinite_mask)
     from .tiffio import TiffStack
 
     stack_path = Path(args.stack)
@@ -258,13 +301,14 @@ def _run_predict(args):
                      overwrite=args.overwrite, what="density output")
     check_output(counts_path, [args.stack, args.model, args.out], same_kind=is_counts_csv,
                  overwrite=args.overwrite, what="counts CSV")
-    model = FCN.from_file(args.model)
-    if model.output_kind not in ("density", "both"):
-        raise ModelFileError(f"{args.model}: a '{model.output_kind}' model; counting needs a "
-                             "density model")
-    model = model.with_output("density") if model.output_kind == "both" else model
     counts = []
-    with TiffStack(stack_path) as stack, contextlib.ExitStack() as files:
+    with TiffStack(stack_path, **_stack_options(args), allow_truncated=args.allow_truncated,
+                   nonfinite=args.nan_frames) as stack, contextlib.ExitStack() as files:
+        model = FCN.from_file(args.model)  # after the stack: a bad stack fails at once
+        if model.output_kind not in ("density", "both"):
+            raise ModelFileError(f"{args.model}: a '{model.output_kind}' model; counting "
+                                 "needs a density model")
+        model = model.with_output("density") if model.output_kind == "both" else model
         writer = None
         if args.out:
             writer = files.enter_context(DensityWriter(
@@ -278,24 +322,48 @@ def _run_predict(args):
             model, stack, batch_size=args.batch_size, progress=True,
             precision=args.precision, envelope_check=check)))
         for frames, density in chunks:
+            density = mark_nonfinite(stack, frames, density)
             if writer is not None:
                 writer.write(density)
             rows = count_rows(density, frames + 1, args.box)
             flags = check.flags(frames, density) if check else [""] * len(rows)
-            table.writerows((f, f"{c:.4f}", f"{m:.4f}", flag)
-                            for (f, c, m), flag in zip(rows, flags))
+            skipped = nonfinite_mask(stack, frames)
+            for (f, c, m), flag, skip in zip(rows, flags, skipped):
+                flag = "nan_pixels" if skip else flag
+                if stack.truncated and f == len(stack):
+                    flag = "+".join(x for x in (flag, "truncated") if x)
+                table.writerow((f, "", "", flag) if skip else (f, f"{c:.4f}", f"{m:.4f}", flag))
             counts += [(c, m) for _, c, m in rows]
+        if len(counts) != len(stack):  # every frame the file holds has a row
+            raise UnsupportedFileError(f"{stack_path}: {len(counts)} frames counted but the "
+                                       f"stack holds {len(stack)}")
     counts = np.array(counts)
-    print(f"{stack_path}: {len(counts)} frames, {counts[:, 0].sum():.1f} emitters in all, "
-          f"{counts[:, 0].mean():.2f} per frame ({counts[:, 0].min():.1f} to "
-          f"{counts[:, 0].max():.1f}); densest {args.box}x{args.box} box: "
-          f"{counts[:, 1].max():.2f}")
+    counted = counts[np.isfinite(counts[:, 0])]
+    print(f"{stack_path}: {len(counts)} frames{_layout(args)}, " + (
+          f"{counted[:, 0].sum():.1f} emitters in all, "
+          f"{counted[:, 0].mean():.2f} per frame ({counted[:, 0].min():.1f} to "
+          f"{counted[:, 0].max():.1f}); densest {args.box}x{args.box} box: "
+          f"{counted[:, 1].max():.2f}" if len(counted) else "none counted"))
+    if len(counted) < len(counts):
+        print(f"warning: {len(counts) - len(counted)} frame(s) hold NaN or infinite pixels: "
+              "not counted (flag nan_pixels, empty count)")
+    if stack.truncated:
+        declared, read = stack.truncated
+        print(f"warning: truncated or damaged file: {read} intact frames counted" +
+              (f" of the {declared} it declares" if declared else "") +
+              f" (flag truncated on frame {read})")
     if check is not None and check.summary():
         print(f"warning: {check.summary()}")
     elif check is None:
         print("no training envelope checked (the model records none)" if
               not args.no_envelope_check else "training envelope not checked")
     print(f"counts: {counts_path}" + (f"; density maps: {args.out}" if args.out else ""))
+
+
+def _layout(args):
+    """' (series 1, channel 0, z 2)' for the chosen planes, or ''."""
+    chosen = ", ".join(f"{key} {value}" for key, value in _stack_options(args).items())
+    return f" ({chosen})" if chosen else ""
 
 
 def _add_export(sub):

@@ -83,7 +83,7 @@ def predict_stack(model, stack, batch_size=None, *, precision=None, tile_size=No
 
 
 def predict_tiff(model, input_file, index=None, batch_size=None, output=None, progress=False,
-                 *, precision=None, tile_size=None, check_envelope=True):
+                 *, precision=None, tile_size=None, check_envelope=True, stack_options=None):
     """Predict density maps for a TIFF stack, streaming it in chunks.
 
     Parameters
@@ -108,11 +108,17 @@ def predict_tiff(model, input_file, index=None, batch_size=None, output=None, pr
         When the model records its training envelope, estimate the PSF width
         of each chunk and the density of each frame, and log a warning naming
         the frames outside it (see :mod:`defcon.envelope`).
+    stack_options : dict, optional
+        Passed to :class:`~defcon.tiffio.TiffStack`: ``series``, ``channel`` and
+        ``z`` choose the planes of a hyperstack, ``allow_truncated=True`` reads
+        the intact frames of a truncated file, ``nonfinite='flag'`` predicts
+        frames holding NaN or infinite pixels as NaN (with a logged warning)
+        instead of raising.
 
     Returns
     -------
     ndarray of shape (N, H, W, 1), float32
-        The densities, when ``output`` is None.
+        The densities, when ``output`` is None (NaN for frames with NaN pixels).
     ndarray of shape (N,), float64
         The count (density sum) of every frame, when ``output`` is given.
 
@@ -129,7 +135,7 @@ def predict_tiff(model, input_file, index=None, batch_size=None, output=None, pr
                                    f"{', '.join(OUTPUT_SUFFIXES)})")
     if output is not None:
         check_output(output, [input_file], same_kind=is_density_output, what="density output")
-    with TiffStack(input_file) as stack:
+    with TiffStack(input_file, **(stack_options or {})) as stack:
         frames = _frame_selection(index, len(stack), stack.path)
         shape = (len(frames),) + stack.shape[1:] + (1,)
         check = envelope_check_for(model, stack.shape[1:]) if check_envelope else None
@@ -143,6 +149,7 @@ def predict_tiff(model, input_file, index=None, batch_size=None, output=None, pr
                 output, shape, source=stack.path, model=getattr(model, "name", ""),
                 frame_index=frames))
             for pos, (chunk_frames, density) in _positions(chunks):
+                density = mark_nonfinite(stack, chunk_frames, density)
                 if check is not None:
                     check.flags(chunk_frames, density)
                 if writer is None:
@@ -150,9 +157,13 @@ def predict_tiff(model, input_file, index=None, batch_size=None, output=None, pr
                 else:
                     writer.write(density)
                     out[pos] = density.sum(axis=(1, 2, 3), dtype=np.float64)
+        skipped = len(stack.nonfinite_frames)
     summary = check.summary() if check is not None else ""
     if summary:
         log.warning("%s: %s", Path(input_file).name, summary)
+    if skipped:
+        log.warning("%s: %d frame(s) hold NaN or infinite pixels: their densities are NaN",
+                    Path(input_file).name, skipped)
     return out
 
 
@@ -164,6 +175,9 @@ def iter_predict_tiff(model, stack, index=None, batch_size=None, progress=False,
     ----------
     model : FCN
     stack : str, Path or TiffStack
+        A TiffStack opened with ``nonfinite='flag'`` has frames holding NaN or
+        infinite pixels zeroed before the network; pass each chunk's densities
+        through :func:`mark_nonfinite` to make them NaN.
     index, batch_size, progress, precision, tile_size
         See :func:`predict_tiff`.
     envelope_check : defcon.envelope.EnvelopeCheck, optional
@@ -200,6 +214,34 @@ def iter_predict_tiff(model, stack, index=None, batch_size=None, progress=False,
     finally:
         if own:
             stack.close()
+
+
+def mark_nonfinite(stack, frames, density):
+    """Set the densities of frames that hold NaN or infinite pixels to NaN.
+
+    Parameters
+    ----------
+    stack : TiffStack
+        Opened with ``nonfinite='flag'``; its ``nonfinite_frames`` are marked.
+    frames : ndarray of shape (k,), int
+        0-based frames of the chunk.
+    density : ndarray of shape (k, H, W, 1)
+
+    Returns
+    -------
+    ndarray of shape (k, H, W, 1)
+        ``density``, with NaN for those frames.
+    """
+    bad = nonfinite_mask(stack, frames)
+    if bad.any():
+        density = np.array(density, copy=True)
+        density[bad] = np.nan
+    return density
+
+
+def nonfinite_mask(stack, frames):
+    """Boolean mask, shape (k,), of ``frames`` that hold NaN or infinite pixels."""
+    return np.array([int(f) in stack.nonfinite_frames for f in frames], bool)
 
 
 def _observed(batches, envelope_check):
@@ -433,11 +475,18 @@ def _frame_selection(index, n, path):
 
 
 def _read_frames(stack, frames):
-    """Read frames (in any order) as stored: one read if they are consecutive."""
+    """Read frames (in any order) as stored: one read if they are consecutive.
+
+    Frames holding NaN or infinite pixels (``nonfinite='flag'``) are zeroed, so
+    they do not reach the network or the envelope check.
+    """
     if len(frames) and np.all(np.diff(frames) == 1):
         out = stack.read(int(frames[0]), int(frames[-1]) + 1)
     else:
         out = np.stack([stack.read(int(f), int(f) + 1)[0] for f in frames])
+    bad = nonfinite_mask(stack, frames) if stack.nonfinite_frames else None
+    if bad is not None and bad.any():
+        out[bad] = 0
     return out
 
 

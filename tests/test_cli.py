@@ -128,3 +128,160 @@ def test_export_fiji_folder(tmp_path, model_file, capsys):
     assert (folder / "tf_max_count" / "saved_model.pb").exists()
     assert "Fiji" in (folder / "README.txt").read_text()
     assert "wrote" in capsys.readouterr().out
+
+
+def test_stack_options_in_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name in ("predict", "build"):
+        text = " ".join(sub.choices[name].format_help().split())
+        for option in ("--series N", "--channel N", "--z N", "TZCYX"):
+            assert option in text, (name, option)
+    text = " ".join(sub.choices["predict"].format_help().split())
+    assert "--allow-truncated" in text and "'truncated'" in text
+    assert "--nan-frames {error,flag}" in text and "'nan_pixels'" in text
+
+
+def hyperstack(stack_file, tmp_path):
+    """A TCYX ImageJ hyperstack: channel 1 is the simulated stack, channel 0 noise."""
+    import numpy as np
+    import tifffile
+
+    frames = tifffile.imread(stack_file)
+    noise = np.random.default_rng(5).integers(0, 200, frames.shape).astype(frames.dtype)
+    path = tmp_path / "hyper.tif"
+    tifffile.imwrite(path, np.stack([noise, frames], axis=1), imagej=True,
+                     metadata={"axes": "TCYX"})
+    return path, frames
+
+
+def test_predict_and_build_choose_a_channel(tmp_path, sim_files, model_file, capsys):
+    import numpy as np
+    import pandas as pd
+
+    stack, csv_file = sim_files
+    path, frames = hyperstack(stack, tmp_path)
+    result = run("predict", model_file, path, "--counts", tmp_path / "c.csv")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"defcon predict: error: {path}: a 4-D hyperstack (axes TCYX, shape (30, 2, 24, 40))")
+    assert "--channel N" in result.stderr
+    assert not (tmp_path / "c.csv").exists()
+
+    assert main(["predict", str(model_file), str(path), "--channel", "1",
+                 "--counts", str(tmp_path / "c.csv")]) == 0
+    assert "30 frames (channel 1)" in capsys.readouterr().out
+    assert main(["predict", str(model_file), str(stack), "--counts", str(tmp_path / "d.csv")]) == 0
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "c.csv")["count"],
+                               pd.read_csv(tmp_path / "d.csv")["count"], atol=1e-4)
+
+    assert main(["build", str(tmp_path / "t.h5"), str(path), str(csv_file), "--name", "h",
+                 "--channel", "1"]) == 0
+    import h5py
+
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        np.testing.assert_allclose(f["input/h"][..., 0], frames / 65535, rtol=1e-6)
+
+
+def test_predict_allow_truncated(tmp_path, sim_files, model_file, capsys):
+    import pandas as pd
+
+    stack, _ = sim_files
+    data = stack.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[:len(data) // 2])
+    result = run("predict", model_file, cut, "--counts", tmp_path / "c.csv")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"defcon predict: error: {cut}: truncated or damaged file: it declares 30 frames")
+    assert "--allow-truncated" in result.stderr
+    assert main(["predict", str(model_file), str(cut), "--allow-truncated",
+                 "--counts", str(tmp_path / "c.csv")]) == 0
+    out = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "c.csv")
+    n = len(table)
+    assert 10 < n < 30 and table.frame.tolist() == list(range(1, n + 1))
+    assert f"{n} frames" in out
+    assert f"warning: truncated or damaged file: {n} intact frames counted of the 30" in out
+    assert table["flag"].iloc[-1] == "truncated" and table["flag"].iloc[:-1].isna().all()
+    assert table["count"].notna().all()
+
+
+def test_predict_nan_frames_flag(tmp_path, sim_files, model_file, capsys):
+    import numpy as np
+    import pandas as pd
+    import tifffile
+
+    stack, _ = sim_files
+    frames = tifffile.imread(stack).astype(np.float32)
+    frames[4, 3, 5], frames[17] = np.nan, np.inf
+    path = tmp_path / "nan.tif"
+    tifffile.imwrite(path, frames)
+    result = run("predict", model_file, path, "--counts", tmp_path / "c.csv")
+    assert result.returncode == 1 and "frame(s) 5, 18 (1-based)" in result.stderr
+    assert main(["predict", str(model_file), str(path), "--nan-frames", "flag", "--counts",
+                 str(tmp_path / "c.csv"), "--out", str(tmp_path / "d.tif")]) == 0
+    assert "warning: 2 frame(s) hold NaN or infinite pixels: not counted" in \
+        capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "c.csv")
+    assert table.frame.tolist() == list(range(1, 31))
+    bad = table.frame.isin([5, 18])
+    assert (table.flag[bad] == "nan_pixels").all() and table.flag[~bad].isna().all()
+    assert table["count"][bad].isna().all() and table["max_local_count"][bad].isna().all()
+    assert table["count"][~bad].notna().all()
+    text = (tmp_path / "c.csv").read_text().splitlines()
+    assert text[5] == "5,,,nan_pixels"
+    density = tifffile.imread(tmp_path / "d.tif")
+    assert np.isnan(density[[4, 17]]).all() and np.isfinite(density[~bad.to_numpy()]).all()
+    # the other frames are counted as in a clean stack
+    clean = frames.copy()
+    clean[[4, 17]] = 0
+    tifffile.imwrite(tmp_path / "clean.tif", clean)
+    assert main(["predict", str(model_file), str(tmp_path / "clean.tif"),
+                 "--counts", str(tmp_path / "k.csv")]) == 0
+    np.testing.assert_allclose(table["count"][~bad], pd.read_csv(tmp_path / "k.csv")["count"][~bad],
+                               atol=1e-4)
+
+
+def test_predict_reads_every_file_of_a_micromanager_acquisition(tmp_path, model_file, capsys):
+    import numpy as np
+    import pandas as pd
+    import tifffile
+
+    from test_tiffio import STACK, write_micromanager
+
+    first, second = write_micromanager(tmp_path)
+    assert main(["predict", str(model_file), str(first), "--counts", str(tmp_path / "c.csv")]) == 0
+    assert f"{first}: 10 frames" in capsys.readouterr().out
+    tifffile.imwrite(tmp_path / "all.tif", STACK)
+    assert main(["predict", str(model_file), str(tmp_path / "all.tif"),
+                 "--counts", str(tmp_path / "a.csv")]) == 0
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "c.csv")["count"],
+                               pd.read_csv(tmp_path / "a.csv")["count"], atol=1e-4)
+    second.unlink()
+    result = run("predict", model_file, first, "--counts", tmp_path / "m.csv")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1:] == [
+        f"defcon predict: error: {first}: multi-file OME-TIFF whose companion file(s) "
+        f"acq_MMStack_Pos0_1.ome.tif are missing from {tmp_path} (its OME-XML lists 2 files); "
+        "put them beside it"]
+
+
+def test_predict_series_option(tmp_path, model_file, capsys):
+    import numpy as np
+    import pandas as pd
+    import tifffile
+
+    path = tmp_path / "two.tif"
+    rng = np.random.default_rng(3)
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(rng.integers(0, 900, (4, 24, 40)).astype(np.uint16), photometric="minisblack")
+        tif.write(rng.integers(0, 900, (7, 16, 20)).astype(np.uint16), photometric="minisblack")
+    result = run("predict", model_file, path, "--counts", tmp_path / "c.csv")
+    assert result.returncode == 1 and "--series N" in result.stderr
+    assert main(["predict", str(model_file), str(path), "--series", "1",
+                 "--counts", str(tmp_path / "c.csv")]) == 0
+    assert "7 frames (series 1)" in capsys.readouterr().out
+    assert len(pd.read_csv(tmp_path / "c.csv")) == 7
+    result = run("predict", model_file, path, "--series", "-1")
+    assert result.returncode == 2 and "0-based index" in result.stderr
