@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__, groundtruth
+from . import __version__, groundtruth, tiffio
 from .errors import (DuplicateNameError, GroundTruthError, MissingFileError, ShapeMismatchError,
                      TrainingSetError, UnsupportedFileError)
 from .files import atomic_path, check_output, existing_file, hdf5_space, sha256_file
@@ -127,6 +127,16 @@ class TrainingSet(h5py.File):
         return sorted(n for n in self[group] if not n.startswith(PARTIAL))
 
     def lengths(self):
+        """Number of frames of every input dataset, as DEFCoN's ``lengths()``.
+
+        Returns
+        -------
+        list of int
+            One entry per dataset of ``input/``, in name order (``self.names()``).
+        """
+        return [self["input"][n].shape[0] for n in self.names("input")]
+
+    def frame_counts(self):
         """Number of frames of every dataset, by group.
 
         Returns
@@ -157,7 +167,8 @@ class TrainingSet(h5py.File):
 
     # ------------------------------------------------------------------ writing
     def add_dataset(self, name, input_file, ground_truth, brightness_threshold=250, sigma=1.0,
-                    seg_threshold=0.03, kernel="integrated", progress=False, allow_empty=False):
+                    seg_threshold=0.03, kernel="integrated", progress=False, allow_empty=False,
+                    *, stack_options=None):
         """Add a TIFF stack with its frame-logger ground truth as ``name``.
 
         Writes ``input/name`` (the stack scaled to [0, 1]), ``target/name`` (the
@@ -186,30 +197,33 @@ class TrainingSet(h5py.File):
         allow_empty : bool
             Accept a ground truth with no emitter above ``brightness_threshold``
             (by default an error: it usually means a wrong file, threshold or unit).
+        stack_options : dict, optional
+            Passed to :class:`~defcon.tiffio.TiffStack`, e.g. ``{'channel': 1, 'z': 0}``
+            for a hyperstack or ``{'series': 2}``.
 
         Raises
         ------
         DuplicateNameError, GroundTruthError, UnsupportedFileError, MissingFileError
         """
         self._check_new_name(name)
-        with TiffStack(input_file) as stack:
+        with TiffStack(input_file, **(stack_options or {})) as stack:
             n_frames, height, width = stack.shape
             if height % 4 or width % 4:
                 raise ShapeMismatchError(
                     f"{stack.path}: frames of {height} x {width} px; training needs heights "
                     "and widths that are multiples of 4 (two stride-2 layers): crop the stack "
                     f"to {height - height % 4} x {width - width % 4} first")
-            truth = groundtruth.read_ground_truth(ground_truth, n_frames, height, width)
-            truth = truth.sort_values("frame", kind="stable")
-            if not allow_empty and not (truth["brightness"] > brightness_threshold).any():
+            # Compact and sorted by frame; a CSV is streamed in chunks.
+            truth = groundtruth.read_emitters(ground_truth, n_frames, height, width,
+                                              brightness_threshold)
+            if not allow_empty and not len(truth):
                 label = ground_truth if isinstance(ground_truth, (str, Path)) else "ground truth"
                 raise GroundTruthError(
                     f"{label}: no emitter is brighter than the "
                     f"threshold {brightness_threshold:g} (brightest: "
-                    f"{truth['brightness'].max() if len(truth) else 'none'}), so every target "
+                    f"{'none' if truth.brightest is None else truth.brightest}), so every target "
                     "would be empty; check the file and --brightness-threshold, or pass "
                     "allow_empty=True (--allow-empty) for background-only data")
-            frame_numbers = truth["frame"].to_numpy()
             params = dict(brightness_threshold=brightness_threshold, sigma=sigma,
                           seg_threshold=seg_threshold, kernel=kernel)
             source = _provenance(source_file=str(Path(input_file).resolve()),
@@ -220,10 +234,8 @@ class TrainingSet(h5py.File):
                            disable=not progress)
                 for start, frames in stack.chunks(_frames_per_chunk(height, width)):
                     stop = start + len(frames)
-                    # Only this chunk's rows (frames are 1-based in the table).
-                    rows = slice(*np.searchsorted(frame_numbers, [start + 1, stop + 1]))
                     density = groundtruth.density_stack(
-                        truth.iloc[rows], n_frames, height, width, sigma=sigma,
+                        truth, n_frames, height, width, sigma=sigma,
                         brightness_threshold=brightness_threshold, kernel=kernel,
                         frame_range=(start, stop))
                     out["input"][start:stop] = to_float(frames)[..., None]
@@ -413,7 +425,7 @@ def is_compact_set(path):
 
 
 def compact_set(training_set, output_file, shuffle=False, augment=False, seed=None,
-                progress=False):
+                progress=False, temporal=False):
     """Merge every dataset of a TrainingSet into one dataset per group.
 
     Writes ``input/input``, ``target/target`` and ``seg_map/seg_map`` to a new
@@ -436,6 +448,8 @@ def compact_set(training_set, output_file, shuffle=False, augment=False, seed=No
         Seed of the shuffle and the augmentation.
     progress : bool
         Show a progress bar.
+    temporal : bool
+        DEFCoN's option for its 3-D network; only False is accepted.
 
     Returns
     -------
@@ -450,7 +464,16 @@ def compact_set(training_set, output_file, shuffle=False, augment=False, seed=No
         The set holds no complete dataset.
     OverwriteError
         ``output_file`` is the training set itself.
+    TrainingSetError
+        ``temporal=True`` (DEFCoN's frame triplets for its 3-D network are not
+        supported), or a bool ``seed`` (DEFCoN's fifth argument was ``temporal``).
     """
+    if temporal:
+        raise TrainingSetError("compact_set(temporal=True): temporal stacks (frame triplets "
+                               "for DEFCoN's 3-D network) are not supported; use temporal=False")
+    if isinstance(seed, bool):
+        raise TrainingSetError(f"compact_set: seed={seed} is not a seed; DEFCoN's fifth "
+                               "argument was temporal: pass temporal=... and seed=... by name")
     source = training_set.filename if isinstance(training_set, TrainingSet) else training_set
     check_output(output_file, [source], same_kind=lambda path: True, what="compact set")
     if isinstance(training_set, TrainingSet):
@@ -528,3 +551,27 @@ def _write_rows(dataset, rows, values):
         return
     for row, value in zip(rows, values):
         dataset[row] = value
+
+
+def tiff_to_array(input_file, normalize=True, **options):
+    """Read a whole TIFF stack as network input (DEFCoN's ``datasets.tiff_to_array``).
+
+    Reads the whole stack into memory; to stream, use :class:`defcon.tiffio.TiffStack`.
+
+    Parameters
+    ----------
+    input_file : str or Path
+    normalize : bool
+        Scale integer TIFFs to [0, 1] by their dtype's maximum (float TIFFs are
+        kept as stored); False gives the raw values as floats.
+    **options
+        Passed to :class:`defcon.tiffio.TiffStack` (``series``, ...).
+
+    Returns
+    -------
+    ndarray of shape (n, H, W, 1), float32
+    """
+    if normalize:
+        return tiffio.tiff_to_array(input_file, **options)
+    with TiffStack(input_file, **options) as stack:
+        return stack.read().astype(np.float32)[..., np.newaxis]

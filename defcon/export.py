@@ -456,7 +456,7 @@ def export_fiji(model, out_dir, box=7, division=None):
     with _staged_folder(target, (FIJI_DENSITY, FIJI_MAX_COUNT, FIJI_README)) as tmp:
         tmp.mkdir()
         save_tf1_model(model, tmp / FIJI_DENSITY, division=division)
-        save_tf1_model(model.density_to_max_count(pool=(box, box)), tmp / FIJI_MAX_COUNT,
+        save_tf1_model(model.with_max_count(pool=(box, box)), tmp / FIJI_MAX_COUNT,
                        division=division)
         (tmp / FIJI_README).write_text(_fiji_readme(model.name, box, division), encoding="utf-8")
     log.info("wrote the Fiji folder %s", target)

@@ -36,7 +36,7 @@ def describe(path):
     if not is_set:
         return _describe_model(path)
     with TrainingSet(path, "r") as ts:
-        lengths = ts.lengths()["input"]
+        lengths = ts.frame_counts()["input"]
         lines = [f"{path}: defcon training set, {len(lengths)} dataset(s), "
                  f"{sum(lengths.values())} frames"]
         lines += [f"  {key}: {value}" for key, value in ts.attrs.items() if key != MARKER]

@@ -198,3 +198,46 @@ class MaxLocalCount(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "pool_size": self.pool_size, "strides": self.strides}
+
+
+def DEFCoN(input_size=(None, None, 1), output="density"):  # noqa: N802 (DEFCoN's name)
+    """DEFCoN's architecture function: a new, untrained network.
+
+    As in DEFCoN, the density network's segmentation layers are frozen
+    (``trainable = False``), ready for the second training stage.
+
+    Parameters
+    ----------
+    input_size : tuple
+        Only ``(None, None, 1)``: defcon networks take frames of any size.
+    output : {'density', 'seg'}
+        Which map the network returns.
+
+    Returns
+    -------
+    defcon.networks.FCN
+        With DEFCoN's layer names (``input``, ``hist_norm``, ``conv_seg_1``, ...).
+
+    Raises
+    ------
+    ConfigError
+        Another ``input_size``, or ``output='both'`` (DEFCoN returned
+        ``[density, seg]``; ``FCN(output='both')`` returns a dict).
+    """
+    from .errors import ConfigError
+    from .networks import FCN
+
+    if tuple(input_size) != (None, None, 1):
+        raise ConfigError(f"DEFCoN(input_size={tuple(input_size)}): defcon networks take frames "
+                          "of any size: drop input_size")
+    if output == "both":
+        raise ConfigError("DEFCoN(output='both') returned [density, seg]; in defcon use "
+                          "FCN(output='both'), which returns {'seg': ..., 'density': ...}")
+    if output not in ("density", "seg"):
+        raise ConfigError(f"DEFCoN(output={output!r}): expected 'density' or 'seg'")
+    model = FCN(output=output)
+    if output == "density":
+        for layer in model.layers:
+            if layer.name in SEGMENTATION_LAYER_NAMES:
+                layer.trainable = False
+    return model

@@ -7,13 +7,15 @@ from every file kind a DEFCoN user has (:meth:`FCN.from_file`).
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import h5py
 import keras
+import numpy as np
 
 from . import models
-from .errors import ConfigError, ModelFileError, UnsupportedFileError
+from .errors import ConfigError, ExportError, MissingFileError, ModelFileError, UnsupportedFileError
 from .files import existing_file
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,11 @@ RESOURCES = Path(__file__).resolve().parent / "resources"
 PRETRAINED_MODELS = ("defcon-broad-2026b", "defcon-sim-2026a")
 #: The model :meth:`FCN.pretrained` gives without a name.
 DEFAULT_PRETRAINED = "defcon-broad-2026b"
+#: The published DEFCoN model (Ottino et al., BSD-3), not shipped: see :meth:`FCN.published`.
+PUBLISHED_FILE = "defcon_tf13.h5"
+PUBLISHED_URL = "https://github.com/LEB-EPFL/DEFCoN/raw/master/defcon/resources/defcon_tf13.h5"
+#: Environment variable naming the downloaded published model.
+PUBLISHED_ENV = "DEFCON_PUBLISHED_MODEL"
 
 
 @keras.saving.register_keras_serializable(package="defcon")
@@ -57,6 +64,10 @@ class FCN(keras.Model):
     # FCN as a functional model (the layer graph), whatever its output.
     def __init__(self, inputs=None, outputs=None, name="defcon", *, output="density",
                  dropout_rate=0.5, seed=None, envelope=None, **kwargs):
+        if isinstance(inputs, keras.Model) or "model" in kwargs:
+            raise ConfigError("FCN(model) wrapped a Keras model in the original DEFCoN; a defcon "
+                              "FCN is the model: use FCN(output=...), models.DEFCoN(...) or "
+                              "FCN.from_file(path)")
         if inputs is None:
             inputs, outputs = models.defcon_graph(output, dropout_rate=dropout_rate, seed=seed)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
@@ -125,7 +136,8 @@ class FCN(keras.Model):
         Raises
         ------
         MissingFileError
-            The file does not exist.
+            The file does not exist (for a missing ``defcon_tf13.h5``, the message
+            says how to get the published model, see :meth:`published`).
         ModelFileError
             The file is not a DEFCoN model or its weights do not fit.
         IntegrityError
@@ -133,6 +145,8 @@ class FCN(keras.Model):
         """
         from .package_reader import is_package, load_package
 
+        if not Path(path).exists():
+            raise _missing_model(Path(path))
         path = existing_file(path, "model file")
         if is_package(path):
             model = load_package(path)
@@ -148,12 +162,13 @@ class FCN(keras.Model):
             model = model.with_output(output)
         return model
 
-    def density_to_max_count(self, pool=(7, 7), strides=(1, 1)):
-        """Return the max-local-count model built on this density network.
+    def with_max_count(self, pool=(7, 7), strides=(1, 1)):
+        """Return a new max-local-count model built on this density network.
 
         The density map goes through average pooling times the pool area (the
         emitter count in every ``pool`` box, 'valid') and a global maximum, as
-        in DEFCoN. The new model shares this one's weights.
+        in DEFCoN. The new model shares this one's layers and weights (training
+        one changes the other, as in DEFCoN); this model is left as it is.
 
         Parameters
         ----------
@@ -167,25 +182,113 @@ class FCN(keras.Model):
         FCN
             Input ``(batch, H, W, 1)``, output ``(batch, 1)``; H and W at least
             the pool size.
+
+        Raises
+        ------
+        ExportError
+            This network has no density stage (a segmentation network).
         """
-        density = FCN(output="density", name=self.name)
-        copy_weights_by_name(self, density)
-        count = models.MaxLocalCount(pool, strides, name="max_local_count")(density.output)
-        return FCN(inputs=density.input, outputs=count, name=f"{self.name}_max_count",
+        if self.output_kind == "seg":
+            raise ExportError(f"model '{self.name}' is a segmentation network: a max-count "
+                              "model needs the density stage (train or load a density model)")
+        density = self.get_layer("density").output
+        count = models.MaxLocalCount(pool, strides, name="max_local_count")(density)
+        return FCN(inputs=self.input, outputs=count, name=f"{self.name}_max_count",
                    envelope=self.envelope)
+
+    def density_to_max_count(self, pool=(7, 7), strides=(1, 1)):
+        """Convert this FCN to predict the maximum local count, as DEFCoN did.
+
+        The original DEFCoN changed the model in place, so its recipe for the
+        Fiji max-count model was ``model.density_to_max_count();
+        model.save_tf_model(dir)``. Here the max-count model is built by
+        :meth:`with_max_count`, remembered, and returned; afterwards the
+        methods DEFCoN had act on it: :meth:`predict` and :meth:`predict_tiff`
+        return max local counts ``(N, 1)``, :meth:`save_tf_model`, ``save`` and
+        ``summary`` export, save and describe the max-count model. The Keras
+        graph of this object stays the density network (calling it, ``fit``,
+        ``layers``, :meth:`predict_stack`, :func:`defcon.export.export_fiji`).
+        Calling it again replaces the conversion. To keep a density model
+        unchanged, use :meth:`with_max_count`.
+
+        Parameters
+        ----------
+        pool, strides : tuple of int
+            See :meth:`with_max_count`.
+
+        Returns
+        -------
+        FCN
+            The max-count model (also :attr:`max_count_model`).
+        """
+        converted = self.with_max_count(pool, strides)
+        # Held in a plain object: Keras would track a model attribute as a layer.
+        self._conversion = _Conversion(converted)
+        log.info("model '%s' converted to max local count (%dx%d box): predict, predict_tiff, "
+                 "save and save_tf_model now use it", self.name, *converted.layers[-1].pool_size)
+        return converted
+
+    @property
+    def max_count_model(self):
+        """The model made by :meth:`density_to_max_count` on this object, or None."""
+        conversion = getattr(self, "_conversion", None)
+        return None if conversion is None else conversion.model
+
+    def predict(self, x, *args, **kwargs):
+        """Keras ``predict``; after :meth:`density_to_max_count`, max counts ``(N, 1)``."""
+        if self.max_count_model is not None:
+            return self.max_count_model.predict(x, *args, **kwargs)
+        return super().predict(x, *args, **kwargs)
+
+    def summary(self, *args, **kwargs):
+        """Keras ``summary``; after :meth:`density_to_max_count`, the max-count model's."""
+        if self.max_count_model is not None:
+            return self.max_count_model.summary(*args, **kwargs)
+        return super().summary(*args, **kwargs)
+
+    def save(self, filepath, *args, **kwargs):
+        """Keras ``save``; after :meth:`density_to_max_count`, saves the max-count model."""
+        if self.max_count_model is not None:
+            return self.max_count_model.save(filepath, *args, **kwargs)
+        return super().save(filepath, *args, **kwargs)
 
     # ------------------------------------------------------------- prediction
     def predict_tiff(self, input_file, index=None, batch_size=None, output=None, progress=False,
-                     **options):
+                     verbose=None, **options):
         """Predict density maps for a TIFF stack, streaming it in chunks.
 
         See :func:`defcon.predict.predict_tiff` for the parameters (``options``:
-        ``precision``, ``tile_size``).
+        ``precision``, ``tile_size``, ``check_envelope``, ``stack_options``).
+        ``verbose`` (Keras' name, which DEFCoN passed on to ``predict``) shows
+        the progress bar unless it is 0.
+
+        After :meth:`density_to_max_count`, returns the max local count of each
+        frame, ``(N, 1)`` float32, as DEFCoN did (with ``output``, the density
+        maps are written and the per-frame counts returned, as without conversion).
+
+        Raises
+        ------
+        ConfigError
+            A Keras ``predict`` option defcon does not take (``steps``, ``callbacks``).
         """
         from .predict import predict_tiff
 
-        return predict_tiff(self, input_file, index=index, batch_size=batch_size,
-                            output=output, progress=progress, **options)
+        keras_only = sorted({"steps", "callbacks"} & set(options))
+        if keras_only:
+            raise ConfigError(f"predict_tiff: Keras predict option(s) {', '.join(keras_only)} "
+                              "not supported: defcon streams the stack itself (choose frames "
+                              "with index=..., the batch with batch_size=...)")
+        if verbose is not None:
+            progress = progress or verbose != 0
+        result = predict_tiff(self, input_file, index=index, batch_size=batch_size,
+                              output=output, progress=progress, **options)
+        if self.max_count_model is None or output is not None:
+            return result
+        box = self.max_count_model.get_layer("max_local_count")
+        chunk = 256
+        return np.concatenate([keras.ops.convert_to_numpy(box(result[a:a + chunk]))
+                               for a in range(0, len(result), chunk)] or [np.zeros((0, 1))],
+                              dtype=np.float32)
 
     def predict_stack(self, stack, batch_size=None, **options):
         """Predict density maps for frames in memory, any frame size.
@@ -201,11 +304,14 @@ class FCN(keras.Model):
     def save_tf_model(self, export_dir="tf_model", division=None):
         """Save a SavedModel that TensorFlow 1.x runtimes (DEFCoN-ImageJ) load.
 
-        See :func:`defcon.export.save_tf1_model` for the parameters.
+        See :func:`defcon.export.save_tf1_model` for the parameters. After
+        :meth:`density_to_max_count`, the max-count model is exported (the
+        original recipe for Fiji's ``tf_max_count``).
         """
         from .export import save_tf1_model
 
-        return save_tf1_model(self, export_dir, division=division)
+        model = self if self.max_count_model is None else self.max_count_model
+        return save_tf1_model(model, export_dir, division=division)
 
     @classmethod
     def pretrained(cls, name=None):
@@ -242,6 +348,49 @@ class FCN(keras.Model):
             raise ConfigError(f"pretrained model {name!r}: expected one of {PRETRAINED_MODELS}")
         return cls.from_file(RESOURCES / f"{name}.keras")
 
+    @classmethod
+    def published(cls, path=None):
+        """The published DEFCoN model (Ottino, Douglass, Manley; Keras 2.0.8, TF 1.3).
+
+        defcon does not ship it. Download ``defcon_tf13.h5`` from the original
+        repository (:data:`PUBLISHED_URL`, BSD-3 licence) and pass its path, or
+        set the environment variable ``DEFCON_PUBLISHED_MODEL`` to it.
+
+        Parameters
+        ----------
+        path : str or Path, optional
+            The downloaded ``defcon_tf13.h5`` (default: ``$DEFCON_PUBLISHED_MODEL``).
+
+        Returns
+        -------
+        FCN
+            A density model with the original weights.
+
+        Raises
+        ------
+        ModelFileError
+            No path given and ``DEFCON_PUBLISHED_MODEL`` unset, or the file is
+            not a DEFCoN density model.
+        MissingFileError
+            The file named does not exist.
+        """
+        where = "" if path else f" (from {PUBLISHED_ENV})"
+        path = path or os.environ.get(PUBLISHED_ENV)
+        if not path:
+            raise ModelFileError(f"the published DEFCoN model is not shipped with defcon: "
+                                 f"download {PUBLISHED_URL} (BSD-3) and pass its path to "
+                                 f"FCN.published(path) or set {PUBLISHED_ENV}=/path/to/"
+                                 f"{PUBLISHED_FILE}")
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise MissingFileError(f"{path}{where}: published DEFCoN model not found; "
+                                   f"download it from {PUBLISHED_URL}")
+        model = cls.from_file(path)
+        if model.output_kind != "density":
+            raise ModelFileError(f"{path}: holds a '{model.output_kind}' network, not the "
+                                 f"published DEFCoN density model ({PUBLISHED_URL})")
+        return model
+
     def with_output(self, output):
         """Return a new FCN sharing this one's weights, with another output.
 
@@ -252,6 +401,27 @@ class FCN(keras.Model):
         new = FCN(output=output, name=self.name, envelope=self.envelope)
         copy_weights_by_name(self, new)
         return new
+
+
+class _Conversion:
+    """Holds the model :meth:`FCN.density_to_max_count` made, out of Keras' tracking."""
+
+    def __init__(self, model):
+        self.model = model
+
+
+def _missing_model(path):
+    """The MissingFileError for a model path that does not exist, with a hint if we have one."""
+    if path.name == PUBLISHED_FILE:
+        return MissingFileError(
+            f"{path}: not found; defcon does not ship the published DEFCoN model: download "
+            f"{PUBLISHED_URL} (BSD-3) and load it with FCN.published(path) or "
+            f"FCN.from_file(path), or set {PUBLISHED_ENV} and call FCN.published()")
+    keras_file = path.with_suffix(".keras")
+    if path.suffix.lower() in (".h5", ".hdf5") and keras_file.exists():
+        return MissingFileError(f"{path}: not found; defcon training saves the model in Keras 3 "
+                                f"format: load {keras_file}")
+    return MissingFileError(f"{path}: model file not found")
 
 
 def _load_keras_file(path):

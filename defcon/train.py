@@ -95,7 +95,8 @@ class TrainingConfig:
 
     @property
     def model_file(self):
-        """``OutputDir/<ModelName without suffix>.keras``."""
+        """``OutputDir/<ModelName without suffix>.keras`` (``x.h5`` is saved as ``x.keras``,
+        with a warning in the log)."""
         return self.outputdir / (Path(self.modelname).stem + ".keras")
 
     @property
@@ -257,6 +258,9 @@ def train(config_file, verbose=1, overwrite=False):
         Training diverged or the model cannot be calibrated; no model is written.
     """
     config = read_config(config_file)
+    if Path(config.modelname).suffix.lower() not in ("", ".keras"):
+        log.warning("ModelName = %s: the model is saved in Keras 3 format as %s (load it "
+                    "with FCN.from_file)", config.modelname, config.model_file)
     if config.model_file.exists() and not overwrite:
         raise OverwriteError(f"{config.model_file}: a trained model is already there; pass "
                              "--overwrite (overwrite=True) to replace it, or change ModelName "

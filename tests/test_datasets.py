@@ -22,7 +22,7 @@ def small_chunks(monkeypatch):
 def test_new_file_gets_the_three_groups(tmp_path):
     with TrainingSet(tmp_path / "t.h5") as ts:
         assert set(ts) == {"input", "target", "seg_map"}
-        assert ts.lengths() == {"input": {}, "target": {}, "seg_map": {}}
+        assert ts.frame_counts() == {"input": {}, "target": {}, "seg_map": {}}
     with TrainingSet(tmp_path / "t.h5", "r") as ts:
         assert "TrainingSet" in repr(ts)
 
@@ -50,7 +50,7 @@ def test_add_dataset_writes_scaled_input_density_and_segmentation(tmp_path, sim_
         assert len(attrs["source_sha256"]) == 64
         assert attrs["sigma"] == 1.0 and attrs["kernel"] == "integrated"
         assert "frame_logger.csv" in attrs["ground_truth"] and "defcon_version" in attrs
-        assert ts.lengths()["target"] == {"sim": 30}
+        assert ts.frame_counts()["target"] == {"sim": 30}
 
 
 def test_summary_prints_the_tree(tmp_path, sim_files, capsys):

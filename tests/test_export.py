@@ -65,7 +65,7 @@ def exported(tmp_path_factory, random_fcn):
     """TF1 exports of the random network (density and 7x7 max count), made once."""
     root = tmp_path_factory.mktemp("exports")
     return {"density": save_tf1_model(random_fcn, root / "density"),
-            "max_count": save_tf1_model(random_fcn.density_to_max_count(), root / "max_count")}
+            "max_count": save_tf1_model(random_fcn.with_max_count(), root / "max_count")}
 
 
 # ----------------------------------------------------------------------------- TF1 density
@@ -140,11 +140,11 @@ def test_division_divides_the_output(random_fcn, tmp_path):
 # ----------------------------------------------------------------------------- TF1 max count
 def test_max_count_export_equals_keras_max_count_model(random_fcn, exported, tmp_path):
     x = _frames((3, 32, 48), seed=5)
-    keras_7 = random_fcn.density_to_max_count()
+    keras_7 = random_fcn.with_max_count()
     got = run_tf1(exported["max_count"], x)
     assert got.shape == (3, 1)
     np.testing.assert_allclose(got, keras_7.predict(x, verbose=0), atol=TOLERANCE, rtol=0)
-    keras_5 = random_fcn.density_to_max_count(pool=(5, 5))
+    keras_5 = random_fcn.with_max_count(pool=(5, 5))
     out = save_tf1_model(keras_5, tmp_path / "max5", division=2)
     np.testing.assert_allclose(run_tf1(out, x), keras_5.predict(x, verbose=0) / 2,
                                atol=TOLERANCE, rtol=0)
@@ -160,7 +160,7 @@ def test_tf2_export_serving_default_matches(random_fcn, tmp_path):
     assert set(result) == {"density"}
     np.testing.assert_allclose(result["density"].numpy(), random_fcn.predict(x, verbose=0),
                                atol=TOLERANCE, rtol=0)
-    max_model = random_fcn.density_to_max_count()
+    max_model = random_fcn.with_max_count()
     out = save_tf2_model(max_model, tmp_path / "tf2_max")
     result = tf.saved_model.load(str(out)).signatures["serving_default"](input_tensor=tf.constant(x))
     np.testing.assert_allclose(result["max_count"].numpy(), max_model.predict(x, verbose=0),

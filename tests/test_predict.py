@@ -194,7 +194,7 @@ def test_max_local_count_equals_brute_force():
 
 def test_max_count_model_equals_max_local_count(model):
     x = np.stack([_blobs((32, 48), s, n=20) for s in range(3)])[..., None]
-    max_model = model.density_to_max_count(pool=(7, 7))
+    max_model = model.with_max_count(pool=(7, 7))
     expected = max_model.predict(x, verbose=0)[:, 0]
     np.testing.assert_allclose(P.max_local_count(P.predict_stack(model, x)), expected,
                                rtol=1e-4, atol=1e-5)
