@@ -18,8 +18,10 @@ def machine_facts():
     import h5py
     import numpy
 
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"numpy {numpy.__version__}, h5py {h5py.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"numpy {numpy.__version__}, h5py {h5py.__version__}"
+    )
 
 
 def peak_rss_mib():
@@ -29,8 +31,13 @@ def peak_rss_mib():
 
 def run_child(code):
     """Run Python code in a fresh process; return its stdout (last line) as text."""
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                         text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     return out.stdout.strip().splitlines()[-1]
 
 
@@ -51,8 +58,10 @@ def fill_synthetic(datasets, n_frames, rng, block=4096):
 
 
 def spot_counts(stack, sigma, threshold):
-    """Classical counter: local maxima (3x3) of the Gaussian-filtered frame above
-    background + ``threshold`` x noise, per frame, shape (n,).
+    """Count spots the classical way, per frame, shape (n,).
+
+    Local maxima (3x3) of the Gaussian-filtered frame above background +
+    ``threshold`` x noise.
 
     The noise is the robust (median absolute deviation) spread of the filtered
     frame, so empty frames are not filled with noise peaks.
@@ -65,7 +74,8 @@ def spot_counts(stack, sigma, threshold):
         smooth = ndimage.gaussian_filter(frame, sigma)
         background = numpy.median(smooth)
         noise = 1.4826 * numpy.median(numpy.abs(smooth - background))
-        peaks = (smooth == ndimage.maximum_filter(smooth, size=3)) & \
-            (smooth > background + threshold * noise)
+        peaks = (smooth == ndimage.maximum_filter(smooth, size=3)) & (
+            smooth > background + threshold * noise
+        )
         counts.append(int(peaks.sum()))
     return numpy.array(counts)

@@ -11,11 +11,9 @@ fraction of the set's size.
 import argparse
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import fill_synthetic, machine_facts, run_child
 
 BYTES_PER_FRAME = 64 * 64 * (4 + 4 + 1)
@@ -28,10 +26,15 @@ def build_set(path, n_frames, n_sources=4):
     per_source = n_frames // n_sources
     with TrainingSet(path, "w") as ts:
         for k in range(n_sources):
-            data = {g: ts[g].create_dataset(f"s{k}", shape=(per_source, 64, 64, 1),
-                                            chunks=(1, 64, 64, 1),
-                                            dtype=np.uint8 if g == "seg_map" else np.float32)
-                    for g in GROUPS}
+            data = {
+                g: ts[g].create_dataset(
+                    f"s{k}",
+                    shape=(per_source, 64, 64, 1),
+                    chunks=(1, 64, 64, 1),
+                    dtype=np.uint8 if g == "seg_map" else np.float32,
+                )
+                for g in GROUPS
+            }
             fill_synthetic(data, per_source, rng)
     return per_source * n_sources
 
@@ -58,13 +61,17 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "baseline_mib": baseline,
     result = json.loads(run_child(code))
     print(machine_facts())
     print(f"set: {n_frames} frames of 64x64, {size / 2**30:.2f} GiB on disk")
-    print(f"compact_set(shuffle=True, augment=True): {result['seconds']:.1f} s, "
-          f"{n_frames / result['seconds']:.0f} frames/s, "
-          f"{size / 2**20 / result['seconds']:.0f} MiB/s")
-    print(f"peak RSS of the compacting process: {result['peak_rss_mib']:.0f} MiB = "
-          f"{100 * result['peak_rss_mib'] * 2**20 / size:.1f} % of the set "
-          f"(of which {result['baseline_mib']:.0f} MiB is the interpreter and libraries "
-          "before compact_set starts)")
+    print(
+        f"compact_set(shuffle=True, augment=True): {result['seconds']:.1f} s, "
+        f"{n_frames / result['seconds']:.0f} frames/s, "
+        f"{size / 2**20 / result['seconds']:.0f} MiB/s"
+    )
+    print(
+        f"peak RSS of the compacting process: {result['peak_rss_mib']:.0f} MiB = "
+        f"{100 * result['peak_rss_mib'] * 2**20 / size:.1f} % of the set "
+        f"(of which {result['baseline_mib']:.0f} MiB is the interpreter and libraries "
+        "before compact_set starts)"
+    )
     shutil.rmtree(folder)
 
 

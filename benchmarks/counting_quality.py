@@ -1,5 +1,7 @@
-"""Counting quality: a model trained with configs/default.ini against the published
-DEFCoN model and a classical spot counter, on held-out simulated 64x64 stacks.
+"""Counting quality: a model trained with configs/default.ini against others.
+
+The others are the published DEFCoN model and a classical spot counter; the
+data are held-out simulated 64x64 stacks.
 
 Usage: python benchmarks/counting_quality.py [--folder DIR] [--frames 4000]
 
@@ -23,14 +25,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tifffile
-
 from _common import machine_facts, spot_counts
 
 PROJECT = Path(__file__).resolve().parents[1]
 REFERENCE_MODEL = PROJECT.parent / "shared" / "reference" / "defcon_tf13.h5"
 #: (seed, photon_rate, background, density sweep per um^2)
-TRAINING_STACKS = [(1, 2000, 20, (0.0, 2.0)), (2, 1200, 40, (0.0, 2.0)),
-                   (3, 3000, 10, (0.0, 2.5)), (4, 1600, 30, (0.2, 1.5))]
+TRAINING_STACKS = [
+    (1, 2000, 20, (0.0, 2.0)),
+    (2, 1200, 40, (0.0, 2.0)),
+    (3, 3000, 10, (0.0, 2.5)),
+    (4, 1600, 30, (0.2, 1.5)),
+]
 HELD_OUT_STACKS = [(101, 1800, 25, (0.0, 2.2)), (102, 2500, 15, (0.0, 2.2))]
 BINS = [0, 5, 10, 20, 30, 40, 1000]
 BRIGHTNESS_THRESHOLD = 250
@@ -43,8 +48,16 @@ def simulate_all(folder, frames):
         for seed, photons, background, sweep in stacks:
             out = folder / f"{kind}{seed}"
             if not (out / "stack.tif").exists():
-                simulate(out, frames, 64, 64, seed=seed, photon_rate=photons,
-                         background=background, density_sweep=sweep)
+                simulate(
+                    out,
+                    frames,
+                    64,
+                    64,
+                    seed=seed,
+                    photon_rate=photons,
+                    background=background,
+                    density_sweep=sweep,
+                )
 
 
 def build_compact(folder):
@@ -54,11 +67,13 @@ def build_compact(folder):
         return
     with TrainingSet(folder / "training.h5", "w") as ts:
         for seed, *_ in TRAINING_STACKS:
-            ts.add_dataset(f"train{seed}", folder / f"train{seed}" / "stack.tif",
-                           folder / f"train{seed}" / "frame_logger.csv",
-                           brightness_threshold=BRIGHTNESS_THRESHOLD)
-    compact_set(folder / "training.h5", folder / "compact.h5", shuffle=True, augment=True,
-                seed=0)
+            ts.add_dataset(
+                f"train{seed}",
+                folder / f"train{seed}" / "stack.tif",
+                folder / f"train{seed}" / "frame_logger.csv",
+                brightness_threshold=BRIGHTNESS_THRESHOLD,
+            )
+    compact_set(folder / "training.h5", folder / "compact.h5", shuffle=True, augment=True, seed=0)
 
 
 def train_default(folder, tag, initial_model=None):
@@ -87,13 +102,15 @@ def train_default(folder, tag, initial_model=None):
 def true_counts(stack_dir, n_frames):
     from defcon.groundtruth import count_per_frame
 
-    return count_per_frame(stack_dir / "frame_logger.csv", n_frames, BRIGHTNESS_THRESHOLD,
-                           height=64, width=64)
+    return count_per_frame(
+        stack_dir / "frame_logger.csv", n_frames, BRIGHTNESS_THRESHOLD, height=64, width=64
+    )
 
 
 def network_counts(model, stack):
-    return model.predict(stack[..., None].astype(np.float32), batch_size=64,
-                         verbose=0).sum(axis=(1, 2, 3))
+    return model.predict(stack[..., None].astype(np.float32), batch_size=64, verbose=0).sum(
+        axis=(1, 2, 3)
+    )
 
 
 def tune_spot_counter(folder):
@@ -115,8 +132,10 @@ def table(truth, predictions):
         sel = (truth >= lo) & (truth < hi)
         if not sel.any():
             continue
-        row = {"true count": f"{lo}-{hi - 1}" if hi < 1000 else f">= {lo}",
-               "frames": int(sel.sum())}
+        row = {
+            "true count": f"{lo}-{hi - 1}" if hi < 1000 else f">= {lo}",
+            "frames": int(sel.sum()),
+        }
         for name, counts in predictions.items():
             err = np.abs(counts[sel] - truth[sel])
             row[f"{name} MAE"] = f"{err.mean():.2f}"
@@ -135,8 +154,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", default="/tmp/defcon-bench-quality")
     parser.add_argument("--frames", type=int, default=4000, help="frames per training stack")
-    parser.add_argument("--fine-tune", action="store_true",
-                        help="also train from the published DEFCoN model (InitialModel)")
+    parser.add_argument(
+        "--fine-tune",
+        action="store_true",
+        help="also train from the published DEFCoN model (InitialModel)",
+    )
     args = parser.parse_args()
     folder = Path(args.folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -147,8 +169,12 @@ def main():
         timings["fine-tuned"] = train_default(folder, "fine_tuned", REFERENCE_MODEL)
     from defcon.networks import FCN
 
-    models = {tag: FCN.from_file(folder / ("model" if tag == "trained" else "fine_tuned")
-                                 / "defcon_model.keras") for tag in timings}
+    models = {
+        tag: FCN.from_file(
+            folder / ("model" if tag == "trained" else "fine_tuned") / "defcon_model.keras"
+        )
+        for tag in timings
+    }
     if REFERENCE_MODEL.exists():
         models["DEFCoN"] = FCN.from_file(REFERENCE_MODEL)
     sigma, threshold = tune_spot_counter(folder)
@@ -163,10 +189,14 @@ def main():
     predictions = {k: np.concatenate(v) for k, v in predictions.items()}
     print(machine_facts())
     for tag, timing in timings.items():
-        print(f"{tag}: {len(TRAINING_STACKS)} stacks x {args.frames} frames, "
-              f"configs/default.ini, wall time {timing['seconds'] / 60:.1f} min")
-    print(f"spot counter tuned on train{TRAINING_STACKS[0][0]}: gaussian sigma {sigma}, "
-          f"threshold background + {threshold} x noise")
+        print(
+            f"{tag}: {len(TRAINING_STACKS)} stacks x {args.frames} frames, "
+            f"configs/default.ini, wall time {timing['seconds'] / 60:.1f} min"
+        )
+    print(
+        f"spot counter tuned on train{TRAINING_STACKS[0][0]}: gaussian sigma {sigma}, "
+        f"threshold background + {threshold} x noise"
+    )
     print(f"held-out: {len(truth)} frames of 64x64, {truth.min()} to {truth.max()} emitters")
     frame = table(truth, predictions)
     print("| " + " | ".join(frame.columns) + " |")

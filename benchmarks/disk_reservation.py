@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from _common import machine_facts
+
 from defcon import datasets
 from defcon.simulate import simulate
 
@@ -35,8 +36,9 @@ def main():
         times = {"reserved": [], "not reserved": []}
         for repeat in range(args.repeats):
             for label in times:
-                datasets.hdf5_space = (reserving if label == "reserved" else
-                                       lambda *a, **k: contextlib.nullcontext())
+                datasets.hdf5_space = (
+                    reserving if label == "reserved" else lambda *a, **k: contextlib.nullcontext()
+                )
                 path = folder / f"{repeat}-{label}.h5"
                 start = time.perf_counter()
                 with datasets.TrainingSet(path) as ts:
@@ -47,9 +49,11 @@ def main():
         datasets.hdf5_space = reserving
     gib = args.frames * 64 * 128 * 9 / 2**30
     for label, values in times.items():
-        print(f"add_dataset, {args.frames} frames of 64 x 128 ({gib:.2f} GiB written), {label}: "
-              f"median {statistics.median(values):.2f} s (min {min(values):.2f}, "
-              f"max {max(values):.2f})")
+        print(
+            f"add_dataset, {args.frames} frames of 64 x 128 ({gib:.2f} GiB written), {label}: "
+            f"median {statistics.median(values):.2f} s (min {min(values):.2f}, "
+            f"max {max(values):.2f})"
+        )
     ratio = statistics.median(times["reserved"]) / statistics.median(times["not reserved"])
     print(f"reserved / not reserved: {ratio:.3f}; file size {size / 2**20:.1f} MiB")
 

@@ -34,8 +34,9 @@ def cost(repeats):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n, side in ((2048, 64), (64, 512)):
-            stack, _ = simulate_stack(n, side, side, seed=1, psf_sigma_px=1.3,
-                                      density_sweep=(0.5, 0.5))
+            stack, _ = simulate_stack(
+                n, side, side, seed=1, psf_sigma_px=1.3, density_sweep=(0.5, 0.5)
+            )
             path = Path(tmp) / f"{side}.tif"
             tifffile.imwrite(path, stack)
             model.predict_tiff(path, check_envelope=False)  # warm-up: compile, page cache
@@ -56,26 +57,36 @@ def accuracy():
     from defcon.envelope import estimate_psf_sigma
     from defcon.simulate import simulate_stack
 
-    cases = [dict(camera="ccd", photon_rate=3000, background=30, read_noise=6),
-             dict(camera="emccd", em_gain=150, adu_gain=15, read_noise=50, photon_rate=1000,
-                  background=10),
-             dict(camera="scmos", photon_rate=1500, background=80, read_noise=1.5,
-                  background_haze=1.5),
-             dict(camera="ccd", photon_rate=8000, background=200, read_noise=8, defocus_nm=250)]
+    cases = [
+        dict(camera="ccd", photon_rate=3000, background=30, read_noise=6),
+        dict(
+            camera="emccd", em_gain=150, adu_gain=15, read_noise=50, photon_rate=1000, background=10
+        ),
+        dict(camera="scmos", photon_rate=1500, background=80, read_noise=1.5, background_haze=1.5),
+        dict(camera="ccd", photon_rate=8000, background=200, read_noise=8, defocus_nm=250),
+    ]
     print("| PSF sigma (px) | median estimate | range over chunks | chunks without estimate |")
     print("|---|---|---|---|")
     for sigma in (0.7, 1.0, 1.6, 2.2, 2.5, 3.0, 3.5):
         estimates = []
         for k, case in enumerate(cases):
             for density in (0.1, 0.6, 2.0):  # ~4, 25 and 80 emitters per 64 x 64 at 100 nm
-                stack, _ = simulate_stack(148, 64, 64, seed=100 * k + int(10 * density),
-                                          psf_sigma_px=sigma,
-                                          density_sweep=(density, density), **case)
+                stack, _ = simulate_stack(
+                    148,
+                    64,
+                    64,
+                    seed=100 * k + int(10 * density),
+                    psf_sigma_px=sigma,
+                    density_sweep=(density, density),
+                    **case,
+                )
                 sample = stack[20::16]  # 8 frames of a 128-frame chunk (the check uses <= 4)
                 estimates.append(estimate_psf_sigma(sample)[0])
         found = np.array([e for e in estimates if np.isfinite(e)])
-        print(f"| {sigma} | {np.median(found):.2f} | {found.min():.2f}-{found.max():.2f} | "
-              f"{len(estimates) - len(found)} of {len(estimates)} |")
+        print(
+            f"| {sigma} | {np.median(found):.2f} | {found.min():.2f}-{found.max():.2f} | "
+            f"{len(estimates) - len(found)} of {len(estimates)} |"
+        )
 
 
 def main():

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import machine_facts, run_child
 
 SIZE, PER_FRAME, THRESHOLD = 64, 25, 250.0
@@ -68,16 +67,24 @@ def write_frame_logger(path, gib, seed=0):
     """Write a frame-logger CSV of about ``gib`` GiB; return (frames, rows, bytes)."""
     rng = np.random.default_rng(seed)
     n = PATTERNS * PER_FRAME
-    rests = [f",{i},{x:.4f},{y:.4f},{z:.4f},{b:.4f}".encode() for i, x, y, z, b in zip(
-        rng.integers(1, 2_000_000, n), rng.uniform(0, SIZE, n), rng.uniform(0, SIZE, n),
-        rng.uniform(-0.5, 0.5, n), rng.uniform(100, 3000, n).round())]
-    patterns = [rests[k * PER_FRAME:(k + 1) * PER_FRAME] for k in range(PATTERNS)]
+    rests = [
+        f",{i},{x:.4f},{y:.4f},{z:.4f},{b:.4f}".encode()
+        for i, x, y, z, b in zip(
+            rng.integers(1, 2_000_000, n),
+            rng.uniform(0, SIZE, n),
+            rng.uniform(0, SIZE, n),
+            rng.uniform(-0.5, 0.5, n),
+            rng.uniform(100, 3000, n).round(),
+        )
+    ]
+    patterns = [rests[k * PER_FRAME : (k + 1) * PER_FRAME] for k in range(PATTERNS)]
     target, written, frame = int(gib * 2**30), 0, 0
     with open(path, "wb") as file:
         written += file.write(b"frame,id,x,y,z,brightness\n")
         while written < target:
             block = []
-            for frame in range(frame + 1, frame + 10_001):
+            first = frame + 1
+            for frame in range(first, first + 10_000):
                 prefix = b"%d" % frame
                 block.append(prefix + (b"\n" + prefix).join(patterns[frame % PATTERNS]) + b"\n")
             written += file.write(b"".join(block))
@@ -95,18 +102,24 @@ def main():
         path = folder / "frame_logger.csv"
         start = time.perf_counter()
         n_frames, rows, size = write_frame_logger(path, args.gib)
-        print(f"wrote {path}: {size / 2**30:.2f} GiB, {rows} rows ({size / rows:.1f} bytes "
-              f"each), {n_frames} frames of {SIZE} x {SIZE} px in "
-              f"{time.perf_counter() - start:.0f} s")
+        print(
+            f"wrote {path}: {size / 2**30:.2f} GiB, {rows} rows ({size / rows:.1f} bytes "
+            f"each), {n_frames} frames of {SIZE} x {SIZE} px in "
+            f"{time.perf_counter() - start:.0f} s"
+        )
         print(f"command: python benchmarks/frame_logger_memory.py --gib {args.gib}")
         print("| way | peak RSS (MiB) | after imports (MiB) | rows kept | wall (s) |")
         print("|---|---:|---:|---:|---:|")
         for way in ("add_dataset", "count_per_frame", "whole-file baseline"):
-            code = CHILD.format(path=str(path), n_frames=n_frames, size=SIZE,
-                                threshold=THRESHOLD, way=way)
+            code = CHILD.format(
+                path=str(path), n_frames=n_frames, size=SIZE, threshold=THRESHOLD, way=way
+            )
             result = json.loads(run_child(code))
-            print(f"| {way} | {result['peak_rss_mib']:.0f} | {result['imports_rss_mib']:.0f} "
-                  f"| {result['rows']} | {result['seconds']:.1f} |", flush=True)
+            print(
+                f"| {way} | {result['peak_rss_mib']:.0f} | {result['imports_rss_mib']:.0f} "
+                f"| {result['rows']} | {result['seconds']:.1f} |",
+                flush=True,
+            )
     finally:
         shutil.rmtree(folder)
 

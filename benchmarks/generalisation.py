@@ -13,8 +13,8 @@ counted by (a) the shipped model (or --model), (b) the published DEFCoN model,
 drawn from the training ranges) and (d) the previous shipped model
 (defcon-sim-2026a). Per cell: mean true count, MAE, bias and relative error
 (sum |error| / sum true count), and the fraction of 16-frame chunks the
-envelope check flags (PSF width, chunks of 128 frames). Writes DIR/generalisation.csv, DIR/generalisation.png
-and prints a markdown table.
+envelope check flags (PSF width, chunks of 128 frames). Writes
+DIR/generalisation.csv, DIR/generalisation.png and prints a markdown table.
 
 An emitter counts in a frame when its photons in that frame exceed 10 % of
 the median photons of an emitter on for the whole frame
@@ -28,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import signal, special
-
 from _common import machine_facts, spot_counts
+from scipy import signal, special
 
 PROJECT = Path(__file__).resolve().parents[1]
 REFERENCE_MODEL = PROJECT.parent / "shared" / "reference" / "defcon_tf13.h5"
@@ -40,33 +39,116 @@ WARM_UP = 20  # frames a constant-density blinking stack needs to fill up
 
 #: name -> (generator, parameters, held out because...)
 CONDITIONS = {
-    "sigma 0.9, EMCCD, 2500 ph": ("defcon", dict(
-        psf_sigma_px=0.9, photon_rate=2500, background=30, camera="emccd", em_gain=100,
-        adu_gain=12, read_noise=50, photon_spread=0.3), ""),
-    "sigma 1.6, sCMOS (65 nm px)": ("defcon", dict(
-        psf_sigma_px=1.6, photon_rate=2000, background=50, camera="scmos", read_noise=1.5,
-        adu_gain=0.5, camera_pixel_nm=6500, magnification=100, photon_spread=0.3), ""),
-    "sigma 2.2, defocus, haze, CCD": ("defcon", dict(
-        psf_sigma_px=2.2, defocus_nm=250, photon_rate=6000, background=150,
-        background_haze=1.0, camera="ccd", read_noise=8, adu_gain=2, bit_depth=14), ""),
-    "filaments, sigma 1.2, sCMOS": ("defcon", dict(
-        psf_sigma_px=1.2, photon_rate=1500, background=20, camera="scmos", read_noise=1.6,
-        adu_gain=0.46, layout="filaments", n_structures=5, structure_spread_px=0.3), ""),
-    "clusters, sigma 1.3, dim EMCCD": ("defcon", dict(
-        psf_sigma_px=1.3, photon_rate=700, background=8, camera="emccd", em_gain=200,
-        adu_gain=20, read_noise=60, layout="clustered", n_structures=12,
-        structure_spread_px=2.0), ""),
-    "Airy PSF (NA 1.4, 670 nm, 100 nm px)": ("independent", dict(
-        psf="airy", photons=2500, background=40), "PSF model not trained on"),
-    "rings (NPC-like), sigma 1.1": ("independent", dict(
-        psf="gauss", sigma=1.1, photons=2000, background=25, layout="rings"),
-        "layout not trained on"),
-    "sigma 3.0 (outside envelope)": ("defcon", dict(
-        psf_sigma_px=3.0, photon_rate=5000, background=40, camera="ccd", read_noise=6,
-        adu_gain=1), "PSF wider than the training range"),
-    "120 photons (below range)": ("defcon", dict(
-        psf_sigma_px=1.0, photon_rate=120, background=2, camera="emccd", em_gain=300,
-        adu_gain=30, read_noise=60), "dimmer than the training range"),
+    "sigma 0.9, EMCCD, 2500 ph": (
+        "defcon",
+        dict(
+            psf_sigma_px=0.9,
+            photon_rate=2500,
+            background=30,
+            camera="emccd",
+            em_gain=100,
+            adu_gain=12,
+            read_noise=50,
+            photon_spread=0.3,
+        ),
+        "",
+    ),
+    "sigma 1.6, sCMOS (65 nm px)": (
+        "defcon",
+        dict(
+            psf_sigma_px=1.6,
+            photon_rate=2000,
+            background=50,
+            camera="scmos",
+            read_noise=1.5,
+            adu_gain=0.5,
+            camera_pixel_nm=6500,
+            magnification=100,
+            photon_spread=0.3,
+        ),
+        "",
+    ),
+    "sigma 2.2, defocus, haze, CCD": (
+        "defcon",
+        dict(
+            psf_sigma_px=2.2,
+            defocus_nm=250,
+            photon_rate=6000,
+            background=150,
+            background_haze=1.0,
+            camera="ccd",
+            read_noise=8,
+            adu_gain=2,
+            bit_depth=14,
+        ),
+        "",
+    ),
+    "filaments, sigma 1.2, sCMOS": (
+        "defcon",
+        dict(
+            psf_sigma_px=1.2,
+            photon_rate=1500,
+            background=20,
+            camera="scmos",
+            read_noise=1.6,
+            adu_gain=0.46,
+            layout="filaments",
+            n_structures=5,
+            structure_spread_px=0.3,
+        ),
+        "",
+    ),
+    "clusters, sigma 1.3, dim EMCCD": (
+        "defcon",
+        dict(
+            psf_sigma_px=1.3,
+            photon_rate=700,
+            background=8,
+            camera="emccd",
+            em_gain=200,
+            adu_gain=20,
+            read_noise=60,
+            layout="clustered",
+            n_structures=12,
+            structure_spread_px=2.0,
+        ),
+        "",
+    ),
+    "Airy PSF (NA 1.4, 670 nm, 100 nm px)": (
+        "independent",
+        dict(psf="airy", photons=2500, background=40),
+        "PSF model not trained on",
+    ),
+    "rings (NPC-like), sigma 1.1": (
+        "independent",
+        dict(psf="gauss", sigma=1.1, photons=2000, background=25, layout="rings"),
+        "layout not trained on",
+    ),
+    "sigma 3.0 (outside envelope)": (
+        "defcon",
+        dict(
+            psf_sigma_px=3.0,
+            photon_rate=5000,
+            background=40,
+            camera="ccd",
+            read_noise=6,
+            adu_gain=1,
+        ),
+        "PSF wider than the training range",
+    ),
+    "120 photons (below range)": (
+        "defcon",
+        dict(
+            psf_sigma_px=1.0,
+            photon_rate=120,
+            background=2,
+            camera="emccd",
+            em_gain=300,
+            adu_gain=30,
+            read_noise=60,
+        ),
+        "dimmer than the training range",
+    ),
 }
 
 
@@ -78,12 +160,20 @@ def defcon_stack(params, density, frames, seed):
     from defcon.simulate import SimulationParameters, simulate_stack
 
     pixel_um = SimulationParameters(**params).pixel_size_nm / 1000
-    per_um2 = density / (SIZE * SIZE * pixel_um ** 2)
+    per_um2 = density / (SIZE * SIZE * pixel_um**2)
     n = frames + WARM_UP
-    stack, truth = simulate_stack(n, SIZE, SIZE, seed=seed, density_sweep=(per_um2, per_um2),
-                                  fluorophore_density=max(2000.0, 3 * per_um2 * n), **params)
-    counts = count_per_frame(truth, n, THRESHOLD_FRACTION * params["photon_rate"],
-                             height=SIZE, width=SIZE)
+    stack, truth = simulate_stack(
+        n,
+        SIZE,
+        SIZE,
+        seed=seed,
+        density_sweep=(per_um2, per_um2),
+        fluorophore_density=max(2000.0, 3 * per_um2 * n),
+        **params,
+    )
+    counts = count_per_frame(
+        truth, n, THRESHOLD_FRACTION * params["photon_rate"], height=SIZE, width=SIZE
+    )
     return stack[WARM_UP:], counts[WARM_UP:]
 
 
@@ -110,6 +200,7 @@ def independent_stack(params, density, frames, seed):
         counts[i] = int((photons > 0.1 * params["photons"]).sum())
         if kernel is None:
             from defcon.simulate import render_emitters
+
             image = render_emitters(x, y, photons, SIZE, SIZE, params["sigma"])
         else:
             image = _render_supersampled(x, y, photons, kernel)
@@ -128,8 +219,10 @@ def _positions(layout, n, rng):
     centre = _RING_CENTRES[rng.integers(len(_RING_CENTRES), size=n)]
     angle = rng.integers(8, size=n) * (2 * math.pi / 8)
     jitter = rng.normal(0, 0.05, (n, 2))
-    return (centre[:, 0] + 0.55 * np.cos(angle) + jitter[:, 0],
-            centre[:, 1] + 0.55 * np.sin(angle) + jitter[:, 1])
+    return (
+        centre[:, 0] + 0.55 * np.cos(angle) + jitter[:, 0],
+        centre[:, 1] + 0.55 * np.sin(angle) + jitter[:, 1],
+    )
 
 
 _FINE = 5
@@ -170,10 +263,17 @@ def tune_spot_counter(n_stacks=6, frames=100):
     data = []
     for seed in range(10_001, 10_001 + n_stacks):
         conditions = sample_conditions(seed, n_frames=frames)
-        stack, truth = simulate_stack(frames, SIZE, SIZE, seed=seed,
-                                      **simulation_parameters(conditions))
-        data.append((stack, count_per_frame(truth, frames, conditions["brightness_threshold"],
-                                            height=SIZE, width=SIZE)))
+        stack, truth = simulate_stack(
+            frames, SIZE, SIZE, seed=seed, **simulation_parameters(conditions)
+        )
+        data.append(
+            (
+                stack,
+                count_per_frame(
+                    truth, frames, conditions["brightness_threshold"], height=SIZE, width=SIZE
+                ),
+            )
+        )
     best = None
     for sigma in (0.8, 1.0, 1.5, 2.0):
         for threshold in (2.0, 3.0, 4.0, 6.0, 8.0):
@@ -198,15 +298,19 @@ def envelope_flags(model, chunks=8, chunk_frames=128):
     for c, condition in enumerate(CONDITIONS):
         check = EnvelopeCheck(envelope, (SIZE, SIZE))
         for k in range(chunks):
-            stack, _ = make_stack(condition, float(rng.uniform(3, 100)), chunk_frames,
-                                  seed=50_000 + 100 * c + k)
+            stack, _ = make_stack(
+                condition, float(rng.uniform(3, 100)), chunk_frames, seed=50_000 + 100 * c + k
+            )
             frames = np.arange(k * chunk_frames, (k + 1) * chunk_frames)
             check.observe(frames, stack)
             check.flags(frames, np.zeros((chunk_frames, 1, 1, 1)))
         rates[condition] = np.mean([bool(ch["flag"]) for ch in check.chunks])
         sigmas = [ch["psf_sigma_px"] for ch in check.chunks]
-        print(f"{condition}: flagged {100 * rates[condition]:.0f} % of chunks, PSF sigma "
-              f"estimates {np.nanmin(sigmas):.2f}-{np.nanmax(sigmas):.2f} px", flush=True)
+        print(
+            f"{condition}: flagged {100 * rates[condition]:.0f} % of chunks, PSF sigma "
+            f"estimates {np.nanmin(sigmas):.2f}-{np.nanmax(sigmas):.2f} px",
+            flush=True,
+        )
     return rates
 
 
@@ -222,12 +326,20 @@ def run(models, frames, spot_params):
             estimates["spot counter"] = spot_counts(stack, *spot_params)
             for name, counts in estimates.items():
                 error = counts - truth
-                rows.append({"condition": condition, "held_out": CONDITIONS[condition][2],
-                             "density": density, "model": name, "true": truth.mean(),
-                             "predicted": counts.mean(), "mae": np.abs(error).mean(),
-                             "bias": error.mean(),
-                             "rel_error": np.abs(error).sum() / max(truth.sum(), 1),
-                             "rel_bias": error.sum() / max(truth.sum(), 1)})
+                rows.append(
+                    {
+                        "condition": condition,
+                        "held_out": CONDITIONS[condition][2],
+                        "density": density,
+                        "model": name,
+                        "true": truth.mean(),
+                        "predicted": counts.mean(),
+                        "mae": np.abs(error).mean(),
+                        "bias": error.mean(),
+                        "rel_error": np.abs(error).sum() / max(truth.sum(), 1),
+                        "rel_bias": error.sum() / max(truth.sum(), 1),
+                    }
+                )
             print(f"{condition} / {density}: done", flush=True)
     return pd.DataFrame(rows)
 
@@ -247,8 +359,7 @@ def plot(table, path):
             ax.plot(m["true"], m["predicted"], marker=marker, label=name)
         top = max(sub["true"].max(), 1) * 1.1
         ax.plot([0, top], [0, top], color="grey", lw=0.8, ls="--")
-        ax.set_title(condition + ("\n(held out)" if CONDITIONS[condition][2] else ""),
-                     fontsize=9)
+        ax.set_title(condition + ("\n(held out)" if CONDITIONS[condition][2] else ""), fontsize=9)
         ax.set_xlabel("true count per frame")
         ax.set_ylabel("predicted count per frame")
     axes.flat[0].legend(fontsize=8)
@@ -259,19 +370,31 @@ def plot(table, path):
 
 
 def markdown(table, flag_rates):
-    wide = table.pivot_table(index=["condition", "density"], columns="model",
-                             values=["rel_error", "rel_bias"], sort=False)
+    wide = table.pivot_table(
+        index=["condition", "density"],
+        columns="model",
+        values=["rel_error", "rel_bias"],
+        sort=False,
+    )
     true = table[table.model == "shipped"].set_index(["condition", "density"])
     names = list(dict.fromkeys(table.model))
-    lines = ["| condition | density | true | " + " | ".join(
-        f"{n} rel. err (bias)" for n in names) + " | PSF flagged |",
-        "|---|---|---|" + "---|" * (len(names) + 1)]
+    lines = [
+        "| condition | density | true | "
+        + " | ".join(f"{n} rel. err (bias)" for n in names)
+        + " | PSF flagged |",
+        "|---|---|---|" + "---|" * (len(names) + 1),
+    ]
     for (condition, density), row in wide.iterrows():
-        cells = [f"{100 * row[('rel_error', n)]:.1f} % ({100 * row[('rel_bias', n)]:+.1f})"
-                 for n in names]
+        cells = [
+            f"{100 * row[('rel_error', n)]:.1f} % ({100 * row[('rel_bias', n)]:+.1f})"
+            for n in names
+        ]
         t = true.loc[(condition, density)]
-        lines.append(f"| {condition} | {density} | {t['true']:.1f} | " + " | ".join(cells)
-                     + f" | {100 * flag_rates[condition]:.0f} % |")
+        lines.append(
+            f"| {condition} | {density} | {t['true']:.1f} | "
+            + " | ".join(cells)
+            + f" | {100 * flag_rates[condition]:.0f} % |"
+        )
     return "\n".join(lines)
 
 
@@ -295,13 +418,17 @@ def main():
     flag_rates = envelope_flags(models["shipped"])
     plot(table, args.out / "generalisation.png")
     print(machine_facts())
-    print(f"spot counter: gaussian sigma {spot_params[0]}, threshold {spot_params[1]} x noise; "
-          f"{args.frames} frames per cell; {time.perf_counter() - start:.0f} s")
+    print(
+        f"spot counter: gaussian sigma {spot_params[0]}, threshold {spot_params[1]} x noise; "
+        f"{args.frames} frames per cell; {time.perf_counter() - start:.0f} s"
+    )
     print(markdown(table, flag_rates))
     inside = table[(table.held_out == "") & (table.model == "shipped")]
-    print(f"shipped model inside the envelope: max |rel. bias| "
-          f"{100 * inside.rel_bias.abs().max():.1f} %, max rel. error "
-          f"{100 * inside.rel_error.max():.1f} %")
+    print(
+        f"shipped model inside the envelope: max |rel. bias| "
+        f"{100 * inside.rel_bias.abs().max():.1f} %, max rel. error "
+        f"{100 * inside.rel_error.max():.1f} %"
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,12 @@ from defcon.groundtruth import density_stack, read_ground_truth  # noqa: E402
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 DATA_2 = REFERENCE / "sass-frame-loggers" / "data_2_frame_logger.csv"
 # (frame size, real SASS data?, frames, emitters timed for naive erf, for DEFCoN gen_map)
-CASES = [(64, True, 1500, 1000, 200), (64, False, 1500, 1000, 200),
-         (256, False, 100, 200, 20), (1024, False, 8, 20, 3)]
+CASES = [
+    (64, True, 1500, 1000, 200),
+    (64, False, 1500, 1000, 200),
+    (256, False, 100, 200, 20),
+    (1024, False, 8, 20, 3),
+]
 
 
 def cpu_model():
@@ -85,12 +89,14 @@ def median_time(fn, repeats):
 def synthetic(size, n_frames, per_pixel, rng):
     per_frame = int(round(per_pixel * size * size))
     n = per_frame * n_frames
-    return pd.DataFrame({
-        "frame": np.repeat(np.arange(1, n_frames + 1), per_frame),
-        "x": rng.uniform(0, size, n),
-        "y": rng.uniform(0, size, n),
-        "brightness": rng.uniform(300, 3000, n),
-    })
+    return pd.DataFrame(
+        {
+            "frame": np.repeat(np.arange(1, n_frames + 1), per_frame),
+            "x": rng.uniform(0, size, n),
+            "y": rng.uniform(0, size, n),
+            "brightness": rng.uniform(300, 3000, n),
+        }
+    )
 
 
 def naive_erf(gt, out, sigma=1.0):
@@ -137,28 +143,35 @@ def scatter(gt, n_frames, height, width, strategy, sigma=1.0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="timed repeats per figure (the median is reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed repeats per figure (the median is reported)"
+    )
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
 
     print(f"command: python benchmarks/groundtruth.py --repeats {args.repeats}")
     print(f"load average before the run: {os.getloadavg()[0]:.2f} (1 min)")
-    print(f"CPU: {cpu_model()}; logical CPUs: {os.cpu_count()}; "
-          f"usable: {len(os.sched_getaffinity(0))}")
-    print(f"Python {platform.python_version()}, numpy {np.__version__}, "
-          f"scipy {scipy.__version__}, pandas {pd.__version__}")
+    print(
+        f"CPU: {cpu_model()}; logical CPUs: {os.cpu_count()}; "
+        f"usable: {len(os.sched_getaffinity(0))}"
+    )
+    print(
+        f"Python {platform.python_version()}, numpy {np.__version__}, "
+        f"scipy {scipy.__version__}, pandas {pd.__version__}"
+    )
 
     if DATA_2.exists():
         real = read_ground_truth(DATA_2, n_frames=1500, height=64, width=64)
         source = "SASS data_2"
     else:
-        warnings.warn(f"{DATA_2} not found; using synthetic emitters at 64x64")
+        warnings.warn(f"{DATA_2} not found; using synthetic emitters at 64x64", stacklevel=2)
         real, source = synthetic(64, 1500, 25 / 4096, rng), "synthetic"
     per_pixel = len(real) / (1500 * 64 * 64)
 
-    print("\n| frame | emitters drawn (source) | defcon | naive erf (emitters timed) | speed-up "
-          "| DEFCoN gen_map (emitters timed) | speed-up |")
+    print(
+        "\n| frame | emitters drawn (source) | defcon | naive erf (emitters timed) | speed-up "
+        "| DEFCoN gen_map (emitters timed) | speed-up |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for size, use_real, n_frames, n_naive, n_defcon in CASES:
         gt = real if use_real else synthetic(size, n_frames, per_pixel, rng)
@@ -172,24 +185,32 @@ def main(argv=None):
         runs = [(lambda: density_stack(gt, n_frames, size, size), len(bright))] + naive_runs
         rates = paired_rates(runs, args.repeats)
         fast = statistics.median(rates[0])
-        cells = [f"{size}x{size}", f"{len(bright)} in {n_frames} frames ({label})",
-                 f"{fast:,.0f}/s"]
+        cells = [
+            f"{size}x{size}",
+            f"{len(bright)} in {n_frames} frames ({label})",
+            f"{fast:,.0f}/s",
+        ]
         for (_, n_sub), naive in zip(naive_runs, rates[1:]):
             ratio = statistics.median(f / n for f, n in zip(rates[0], naive))
             cells += [f"{statistics.median(naive):,.1f}/s ({n_sub})", f"{ratio:,.0f}x"]
         print("| " + " | ".join(cells) + " |")
 
-    print(f"\nscatter strategies, 64x64 {source}, integrated kernel, weights included, "
-          f"no validation (median ms):")
+    print(
+        f"\nscatter strategies, 64x64 {source}, integrated kernel, weights included, "
+        f"no validation (median ms):"
+    )
     bright = real[real["brightness"] > 250]
-    for strategy, name in ((1 << 16, "np.add.at, blocks of 2**16 entries (chosen)"),
-                           (1 << 22, "np.add.at, blocks of 2**22 entries"),
-                           ("bincount", "np.bincount on flat indices, whole stack")):
+    for strategy, name in (
+        (1 << 16, "np.add.at, blocks of 2**16 entries (chosen)"),
+        (1 << 22, "np.add.at, blocks of 2**22 entries"),
+        ("bincount", "np.bincount on flat indices, whole stack"),
+    ):
         ms = 1e3 * median_time(lambda: scatter(bright, 1500, 64, 64, strategy), args.repeats)
         print(f"  {name:45s} {ms:6.1f} ms")
     for kernel in ("integrated", "sampled"):
-        ms = 1e3 * median_time(lambda: density_stack(real, 1500, 64, 64, kernel=kernel),
-                               args.repeats)
+        ms = 1e3 * median_time(
+            lambda: density_stack(real, 1500, 64, 64, kernel=kernel), args.repeats
+        )
         print(f"  density_stack(kernel={kernel!r}), all included {ms:9.1f} ms")
 
 

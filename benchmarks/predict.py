@@ -55,7 +55,7 @@ def sgemm(n=4096):
     a, b = (rng.random((n, n), dtype=np.float32) for _ in range(2))
     ta, tb = tf.constant(a), tf.constant(b)
     tf_mm = tf.function(lambda: tf.linalg.matmul(ta, tb))
-    return {"sgemm numpy": lambda: a @ b, "sgemm tf": lambda: tf_mm().numpy()}, 2.0 * n ** 3
+    return {"sgemm numpy": lambda: a @ b, "sgemm tf": lambda: tf_mm().numpy()}, 2.0 * n**3
 
 
 def interleaved(calls, repeats):
@@ -80,10 +80,26 @@ def speed_table(model, repeats, sizes):
 
     matmuls, flops = sgemm()
     in_graph = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    header = ("frame", "frames", "predict", "tf.func", "fp32", "bf16", "sgemm np", "sgemm tf",
-              "limit", "fp32 %", "bf16 %", "fp32/pred", "bf16/fp32", "cpu")
-    print("Mpx/s (medians of %d interleaved repeats); sgemm in GFLOP/s; limit = best sgemm / "
-          "20.3 kFLOP/px, in Mpx/s" % repeats)
+    header = (
+        "frame",
+        "frames",
+        "predict",
+        "tf.func",
+        "fp32",
+        "bf16",
+        "sgemm np",
+        "sgemm tf",
+        "limit",
+        "fp32 %",
+        "bf16 %",
+        "fp32/pred",
+        "bf16/fp32",
+        "cpu",
+    )
+    print(
+        f"Mpx/s (medians of {repeats} interleaved repeats); sgemm in GFLOP/s; limit = best "
+        "sgemm / 20.3 kFLOP/px, in Mpx/s"
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     rng = np.random.default_rng(0)
@@ -102,11 +118,18 @@ def speed_table(model, repeats, sizes):
         mpx = {k: n * side * side / t[k] / 1e6 for k in ("predict", "tf.func", "fp32", "bf16")}
         gflops = {k: flops / t[k] / 1e9 for k in matmuls}
         limit = max(gflops.values()) * 1e9 / FLOP_PER_PIXEL / 1e6
-        row = (f"{side}x{side}", n, *(f"{mpx[k]:.2f}" for k in mpx),
-               *(f"{g:.0f}" for g in gflops.values()), f"{limit:.2f}",
-               f"{100 * mpx['fp32'] / limit:.0f}", f"{100 * mpx['bf16'] / limit:.0f}",
-               f"{mpx['fp32'] / mpx['predict']:.2f}", f"{mpx['bf16'] / mpx['fp32']:.2f}",
-               f"{share:.2f}")
+        row = (
+            f"{side}x{side}",
+            n,
+            *(f"{mpx[k]:.2f}" for k in mpx),
+            *(f"{g:.0f}" for g in gflops.values()),
+            f"{limit:.2f}",
+            f"{100 * mpx['fp32'] / limit:.0f}",
+            f"{100 * mpx['bf16'] / limit:.0f}",
+            f"{mpx['fp32'] / mpx['predict']:.2f}",
+            f"{mpx['bf16'] / mpx['fp32']:.2f}",
+            f"{share:.2f}",
+        )
         print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
 
 
@@ -118,11 +141,14 @@ def bf16_accuracy(model):
     sets = {}
     if (REFERENCE / "defcon-imagej" / "test_data.tif").exists():
         sets["test_data.tif (10 x 32x32)"] = tiff_to_array(
-            REFERENCE / "defcon-imagej" / "test_data.tif")
+            REFERENCE / "defcon-imagej" / "test_data.tif"
+        )
     sets["simulated, sweep 0.05-3 /um2 (300 x 64x64)"] = simulate_stack(
-        300, 64, 64, seed=1, density_sweep=(0.05, 3.0))[0]
+        300, 64, 64, seed=1, density_sweep=(0.05, 3.0)
+    )[0]
     sets["simulated, 2-6 /um2 (8 x 256x256)"] = simulate_stack(
-        8, 256, 256, seed=2, density_sweep=(2.0, 6.0))[0]
+        8, 256, 256, seed=2, density_sweep=(2.0, 6.0)
+    )[0]
     print("\nbfloat16 count deviation from float32 (frames with a float32 count >= 1)")
     print("| data | fp32 count median | max | mean dev | mean abs dev | max abs dev |")
     print("|---|---|---|---|---|---|")
@@ -131,8 +157,10 @@ def bf16_accuracy(model):
         c16 = predict_stack(model, x, precision="bfloat16").sum(axis=(1, 2, 3), dtype=np.float64)
         keep = c32 >= 1
         rel = (c16 - c32)[keep] / c32[keep]
-        print(f"| {name} | {np.median(c32):.1f} | {c32.max():.1f} | {100 * rel.mean():+.2f} % | "
-              f"{100 * np.abs(rel).mean():.2f} % | {100 * np.abs(rel).max():.2f} % |")
+        print(
+            f"| {name} | {np.median(c32):.1f} | {c32.max():.1f} | {100 * rel.mean():+.2f} % | "
+            f"{100 * np.abs(rel).mean():.2f} % | {100 * np.abs(rel).max():.2f} % |"
+        )
 
 
 def batch_sweep(model, repeats):
@@ -146,12 +174,17 @@ def batch_sweep(model, repeats):
         frames = (100 + 900 * rng.random((n, side, side))).astype(np.float32)
         for batch_px in (1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 22):
             batch = max(1, batch_px // (side * side))
-            calls = {p: (lambda p=p: predict_stack(model, frames, batch, precision=p))
-                     for p in ("float32", "bfloat16")}
+            calls = {
+                p: (lambda p=p: predict_stack(model, frames, batch, precision=p))
+                for p in ("float32", "bfloat16")
+            }
             t, _ = interleaved(calls, repeats)
-            print(f"| {side} | {batch * side * side} | "
-                  + " | ".join(f"{n * side * side / t[p] / 1e6:.2f}" for p in calls) + " |",
-                  flush=True)
+            print(
+                f"| {side} | {batch * side * side} | "
+                + " | ".join(f"{n * side * side / t[p] / 1e6:.2f}" for p in calls)
+                + " |",
+                flush=True,
+            )
 
 
 def memory_run(model, n_frames, side, precision):
@@ -169,16 +202,21 @@ def memory_run(model, n_frames, side, precision):
         size_gb = stack.stat().st_size / 1e9
         before = peak_rss_mib()
         t = time.perf_counter()
-        counts = predict_tiff(model, stack, output=Path(tmp) / "density.tif", progress=True,
-                              precision=precision)
+        counts = predict_tiff(
+            model, stack, output=Path(tmp) / "density.tif", progress=True, precision=precision
+        )
         dt = time.perf_counter() - t
         out_gb = (Path(tmp) / "density.tif").stat().st_size / 1e9
     rate = n_frames * side * side / dt / 1e6
-    print(f"\n{n_frames} frames {side}x{side} uint16 ({size_gb:.2f} GB) -> density.tif "
-          f"({out_gb:.2f} GB), {precision or DEFAULT_PRECISION}: {dt:.0f} s, {rate:.2f} Mpx/s, "
-          f"mean count {counts.mean():.1f}")
-    print(f"peak RSS {peak_rss_mib():.0f} MiB (after loading TensorFlow and the model: "
-          f"{before:.0f} MiB)")
+    print(
+        f"\n{n_frames} frames {side}x{side} uint16 ({size_gb:.2f} GB) -> density.tif "
+        f"({out_gb:.2f} GB), {precision or DEFAULT_PRECISION}: {dt:.0f} s, {rate:.2f} Mpx/s, "
+        f"mean count {counts.mean():.1f}"
+    )
+    print(
+        f"peak RSS {peak_rss_mib():.0f} MiB (after loading TensorFlow and the model: "
+        f"{before:.0f} MiB)"
+    )
 
 
 def main():
@@ -204,14 +242,17 @@ def main():
     try:
         from threadpoolctl import threadpool_info
 
-        blas = ", ".join(f"{i['internal_api']} {i.get('architecture', '')}"
-                         for i in threadpool_info())
+        blas = ", ".join(
+            f"{i['internal_api']} {i.get('architecture', '')}" for i in threadpool_info()
+        )
     except ImportError:
         blas = "unknown (pip install threadpoolctl to show it)"
     print(machine_facts() + f", TensorFlow {tf.__version__}")
-    print(f"numpy BLAS: {blas}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}; "
-          f"TF threads intra={tf.config.threading.get_intra_op_parallelism_threads()} "
-          f"inter={tf.config.threading.get_inter_op_parallelism_threads()} (0 = default)")
+    print(
+        f"numpy BLAS: {blas}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}; "
+        f"TF threads intra={tf.config.threading.get_intra_op_parallelism_threads()} "
+        f"inter={tf.config.threading.get_inter_op_parallelism_threads()} (0 = default)"
+    )
     model = load_model()
     if args.memory:
         memory_run(model, args.frames, args.side, args.precision)

@@ -62,10 +62,13 @@ def build_compact(folder, n_stacks):
             if name in ts.names():
                 continue
             threshold = read_conditions(stack / "conditions.json")["brightness_threshold"]
-            ts.add_dataset(name, stack / "stack.tif", stack / "frame_logger.csv",
-                           brightness_threshold=threshold)
-    compact_set(folder / "training.h5", folder / "compact.h5", shuffle=True, seed=0,
-                progress=True)
+            ts.add_dataset(
+                name,
+                stack / "stack.tif",
+                stack / "frame_logger.csv",
+                brightness_threshold=threshold,
+            )
+    compact_set(folder / "training.h5", folder / "compact.h5", shuffle=True, seed=0, progress=True)
 
 
 def train_phase(folder, config_name, initial_model=None):
@@ -113,7 +116,8 @@ def record_envelope(folder):
         description="defcon-broad-2026b: defcon-sim-2026a fine-tuned end to end in three "
         "phases on 60,000 "
         "simulated 64 x 64 frames (240 stacks) whose conditions were drawn from "
-        "defcon.conditions.TRAINING_RANGES (benchmarks/train_pretrained.py)")
+        "defcon.conditions.TRAINING_RANGES (benchmarks/train_pretrained.py)",
+    )
     model.save(out)
 
 
@@ -126,13 +130,17 @@ def main():
     args.folder.mkdir(parents=True, exist_ok=True)
     timings_file = args.folder / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-    for step, run in (("simulate", lambda: simulate_all(args.folder, args.stacks, args.frames)),
-                      ("build", lambda: build_compact(args.folder, args.stacks)),
-                      ("warm-up", lambda: train_phase(args.folder, "pretrained-warmup.ini",
-                                                      previous_model(args.folder))),
-                      ("train", lambda: train_phase(args.folder, "pretrained.ini")),
-                      ("balance", lambda: train_phase(args.folder, "pretrained-balance.ini")),
-                      ("envelope", lambda: record_envelope(args.folder))):
+    for step, run in (
+        ("simulate", lambda: simulate_all(args.folder, args.stacks, args.frames)),
+        ("build", lambda: build_compact(args.folder, args.stacks)),
+        (
+            "warm-up",
+            lambda: train_phase(args.folder, "pretrained-warmup.ini", previous_model(args.folder)),
+        ),
+        ("train", lambda: train_phase(args.folder, "pretrained.ini")),
+        ("balance", lambda: train_phase(args.folder, "pretrained-balance.ini")),
+        ("envelope", lambda: record_envelope(args.folder)),
+    ):
         start = time.perf_counter()
         run()
         timings.setdefault(step, time.perf_counter() - start)

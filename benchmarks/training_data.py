@@ -20,7 +20,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
 from _common import fill_synthetic, machine_facts, run_child
 
 BYTES_PER_FRAME = 64 * 64 * (4 + 4 + 1)
@@ -53,9 +52,15 @@ print(json.dumps({{"samples_per_s": {frames} / (times[3] - times[2]),
 def build_compact(path, n_frames):
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as f:
-        data = {g: f.create_group(g).create_dataset(
-            g, shape=(n_frames, 64, 64, 1), chunks=(1, 64, 64, 1),
-            dtype=np.uint8 if g == "seg_map" else np.float32) for g in ("input", "target", "seg_map")}
+        data = {
+            g: f.create_group(g).create_dataset(
+                g,
+                shape=(n_frames, 64, 64, 1),
+                chunks=(1, 64, 64, 1),
+                dtype=np.uint8 if g == "seg_map" else np.float32,
+            )
+            for g in ("input", "target", "seg_map")
+        }
         fill_synthetic(data, n_frames, rng)
 
 
@@ -74,23 +79,36 @@ def main():
     rates = {"memory": [], "hdf5": []}
     for _ in range(3):
         for source in rates:
-            out = json.loads(run_child(FIT.format(path=str(path), source=source,
-                                                  frames=args.frames, steps=steps)))
+            out = json.loads(
+                run_child(
+                    FIT.format(path=str(path), source=source, frames=args.frames, steps=steps)
+                )
+            )
             rates[source].append(out["samples_per_s"])
     large = FIT.format(path=str(path), source="hdf5", frames=n_frames, steps=100)
     large_out = json.loads(run_child(large))
     print(machine_facts())
     memory, hdf5 = (statistics.median(rates[s]) for s in ("memory", "hdf5"))
-    print(f"density network, batch 32, 64x64 frames, {args.frames} frames per epoch, "
-          "median of 3 fresh processes each:")
-    print(f"  from numpy arrays in memory: {memory:.0f} samples/s  (runs: "
-          + ", ".join(f"{r:.0f}" for r in rates["memory"]) + ")")
-    print(f"  streamed from HDF5:          {hdf5:.0f} samples/s  (runs: "
-          + ", ".join(f"{r:.0f}" for r in rates["hdf5"]) + ")")
+    print(
+        f"density network, batch 32, 64x64 frames, {args.frames} frames per epoch, "
+        "median of 3 fresh processes each:"
+    )
+    print(
+        f"  from numpy arrays in memory: {memory:.0f} samples/s  (runs: "
+        + ", ".join(f"{r:.0f}" for r in rates["memory"])
+        + ")"
+    )
+    print(
+        f"  streamed from HDF5:          {hdf5:.0f} samples/s  (runs: "
+        + ", ".join(f"{r:.0f}" for r in rates["hdf5"])
+        + ")"
+    )
     print(f"  HDF5 / memory: {100 * hdf5 / memory:.0f} %")
-    print(f"large set: {n_frames} frames, {path.stat().st_size / 2**30:.2f} GiB; "
-          f"2 epochs of 100 batches from all over it: peak RSS "
-          f"{large_out['peak_rss_mib']:.0f} MiB")
+    print(
+        f"large set: {n_frames} frames, {path.stat().st_size / 2**30:.2f} GiB; "
+        f"2 epochs of 100 batches from all over it: peak RSS "
+        f"{large_out['peak_rss_mib']:.0f} MiB"
+    )
     shutil.rmtree(folder)
 
 

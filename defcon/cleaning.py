@@ -42,8 +42,11 @@ def clean(folders, recursive=False):
         tree = [folder] + ([p for p in folder.rglob("*") if p.is_dir()] if recursive else [])
         for where in tree:
             removed += [str(path) for path in remove_stale_temporaries(where)]
-            removed += [f"{path}: {name}" for path in sorted(where.glob("*.h5"))
-                        for name in _remove_partial_datasets(path)]
+            removed += [
+                f"{path}: {name}"
+                for path in sorted(where.glob("*.h5"))
+                for name in _remove_partial_datasets(path)
+            ]
     return removed
 
 
@@ -53,8 +56,7 @@ def _remove_partial_datasets(path):
         with h5py.File(path, "r") as f:
             if MARKER not in f.attrs:
                 return []
-            partial = [f"{g}/{n}" for g in GROUPS if g in f for n in f[g]
-                       if n.startswith(PARTIAL)]
+            partial = [f"{g}/{n}" for g in GROUPS if g in f for n in f[g] if n.startswith(PARTIAL)]
     except OSError:  # not HDF5, damaged, or open for writing elsewhere: not ours to touch
         return []
     if partial:

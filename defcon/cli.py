@@ -29,8 +29,10 @@ EPILOG = """workflow:
 """
 
 
-MODEL_HELP = ("model file: .keras, the original DEFCoN .h5, a Keras weights file or a "
-              "bioimage.io package (.zip)")
+MODEL_HELP = (
+    "model file: .keras, the original DEFCoN .h5, a Keras weights file or a "
+    "bioimage.io package (.zip)"
+)
 
 
 def _positive_int(text):
@@ -49,55 +51,89 @@ def _index(text):
 
 def _add_stack_options(p):
     g = p.add_argument_group(
-        "stack layout", "Which planes of the TIFF are frames (0-based indices). A file of "
+        "stack layout",
+        "Which planes of the TIFF are frames (0-based indices). A file of "
         "several series is read whole, series after series; a multi-file OME-TIFF "
         "(Micro-Manager NAME_MMStack_Pos0.ome.tif, ..._1.ome.tif) is read across its files "
         "from the first one. A hyperstack with more than one axis of several planes besides "
         "Y and X (e.g. ImageJ TZCYX, TCYX, ZCYX) needs --channel and/or --z so that one axis "
-        "(usually time) is left as frames.")
-    g.add_argument("--series", type=_index, metavar="N",
-                   help="read only series N of a file holding several (default: all of them, "
-                   "when their frames have one shape and type)")
-    g.add_argument("--channel", type=_index, metavar="N",
-                   help="keep channel N of the C axis of a hyperstack")
-    g.add_argument("--z", type=_index, metavar="N",
-                   help="keep plane N of the Z axis of a hyperstack")
+        "(usually time) is left as frames.",
+    )
+    g.add_argument(
+        "--series",
+        type=_index,
+        metavar="N",
+        help="read only series N of a file holding several (default: all of them, "
+        "when their frames have one shape and type)",
+    )
+    g.add_argument(
+        "--channel", type=_index, metavar="N", help="keep channel N of the C axis of a hyperstack"
+    )
+    g.add_argument(
+        "--z", type=_index, metavar="N", help="keep plane N of the Z axis of a hyperstack"
+    )
 
 
 def _stack_options(args):
     """The TiffStack keywords of ``--series``, ``--channel`` and ``--z``."""
-    return {key: getattr(args, key) for key in ("series", "channel", "z")
-            if getattr(args, key) is not None}
+    return {
+        key: getattr(args, key)
+        for key in ("series", "channel", "z")
+        if getattr(args, key) is not None
+    }
 
 
 def _add_simulate(sub):
-    p = sub.add_parser("simulate", help="simulate an SMLM stack and its frame logger",
-                       description="Simulate a PALM/STORM acquisition (SASS-like): writes "
-                       "OUT/stack.tif (uint16) and OUT/frame_logger.csv (frame,id,x,y,z,"
-                       "brightness; frames 1-based, x/y in pixels).")
+    p = sub.add_parser(
+        "simulate",
+        help="simulate an SMLM stack and its frame logger",
+        description="Simulate a PALM/STORM acquisition (SASS-like): writes "
+        "OUT/stack.tif (uint16) and OUT/frame_logger.csv (frame,id,x,y,z,"
+        "brightness; frames 1-based, x/y in pixels).",
+    )
     p.add_argument("--frames", type=_positive_int, default=1000, help="number of frames (1000)")
     p.add_argument("--height", type=_positive_int, default=64, help="frame height in pixels (64)")
     p.add_argument("--width", type=_positive_int, default=64, help="frame width in pixels (64)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    p.add_argument("--density-sweep", nargs="*", type=float, metavar=("LOW", "HIGH"),
-                   help="ramp the density of emitting fluorophores (per um^2) from LOW to HIGH "
-                   "over the stack, so it spans sparse to crowded frames; without values: "
-                   "0 to 2 per um^2 (0 to ~80 emitters in 64 x 64 at 100 nm pixels)")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="any simulation parameter, e.g. --set photon_rate=1500 --set "
-                   "em_gain=100 --set camera=scmos --set layout=filaments --set "
-                   "psf_sigma_px=1.6 (see defcon.simulate.SimulationParameters); applied "
-                   "after --randomize/--conditions")
+    p.add_argument(
+        "--density-sweep",
+        nargs="*",
+        type=float,
+        metavar=("LOW", "HIGH"),
+        help="ramp the density of emitting fluorophores (per um^2) from LOW to HIGH "
+        "over the stack, so it spans sparse to crowded frames; without values: "
+        "0 to 2 per um^2 (0 to ~80 emitters in 64 x 64 at 100 nm pixels)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any simulation parameter, e.g. --set photon_rate=1500 --set "
+        "em_gain=100 --set camera=scmos --set layout=filaments --set "
+        "psf_sigma_px=1.6 (see defcon.simulate.SimulationParameters); applied "
+        "after --randomize/--conditions",
+    )
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--randomize", action="store_true",
-                        help="draw the imaging conditions (PSF width, photons, background, "
-                        "camera, pixel size, layout, density sweep) from the ranges defcon's "
-                        "model is trained on (defcon.conditions.TRAINING_RANGES), from --seed")
-    source.add_argument("--conditions", metavar="JSON",
-                        help="imaging conditions from a file (as written to OUT/conditions.json)")
-    p.add_argument("--out", required=True, help="output folder; with --randomize or "
-                   "--conditions it also gets conditions.json, whose brightness_threshold "
-                   "is the one to build with")
+    source.add_argument(
+        "--randomize",
+        action="store_true",
+        help="draw the imaging conditions (PSF width, photons, background, "
+        "camera, pixel size, layout, density sweep) from the ranges defcon's "
+        "model is trained on (defcon.conditions.TRAINING_RANGES), from --seed",
+    )
+    source.add_argument(
+        "--conditions",
+        metavar="JSON",
+        help="imaging conditions from a file (as written to OUT/conditions.json)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder; with --randomize or "
+        "--conditions it also gets conditions.json, whose brightness_threshold "
+        "is the one to build with",
+    )
     p.set_defaults(run=_run_simulate)
 
 
@@ -118,20 +154,25 @@ def _run_simulate(args):
         if len(args.density_sweep) not in (0, 2):
             raise SystemExit("defcon simulate: error: --density-sweep takes no value or LOW HIGH")
         params["density_sweep"] = tuple(args.density_sweep) or True
-    summary = simulate(args.out, args.frames, args.height, args.width, seed=args.seed,
-                       progress=True, **params)
-    print(f"wrote {summary['stack']} ({summary['n_frames']} frames of {summary['height']} x "
-          f"{summary['width']}) and {summary['frame_logger']}: {summary['n_emitters']} emitters, "
-          f"{summary['emitters_per_frame_mean']:.1f} per frame "
-          f"({summary['emitters_per_frame_min']} to {summary['emitters_per_frame_max']})")
+    summary = simulate(
+        args.out, args.frames, args.height, args.width, seed=args.seed, progress=True, **params
+    )
+    print(
+        f"wrote {summary['stack']} ({summary['n_frames']} frames of {summary['height']} x "
+        f"{summary['width']}) and {summary['frame_logger']}: {summary['n_emitters']} emitters, "
+        f"{summary['emitters_per_frame_mean']:.1f} per frame "
+        f"({summary['emitters_per_frame_min']} to {summary['emitters_per_frame_max']})"
+    )
     if drawn is not None:
         drawn = {**drawn, **params}
         if "photon_rate" in overrides:
             drawn["brightness_threshold"] = conditions.THRESHOLD_FRACTION * params["photon_rate"]
         conditions.write_conditions(drawn, Path(args.out) / "conditions.json")
-        print(f"conditions: {Path(args.out) / 'conditions.json'} (camera {drawn.get('camera')}, "
-              f"PSF sigma {summary['sigma_px']:.2f} px, layout {drawn.get('layout')}); build "
-              f"with --brightness-threshold {drawn['brightness_threshold']:.1f}")
+        print(
+            f"conditions: {Path(args.out) / 'conditions.json'} (camera {drawn.get('camera')}, "
+            f"PSF sigma {summary['sigma_px']:.2f} px, layout {drawn.get('layout')}); build "
+            f"with --brightness-threshold {drawn['brightness_threshold']:.1f}"
+        )
 
 
 def _parse_assignments(assignments):
@@ -151,26 +192,45 @@ def _parse_assignments(assignments):
 
 
 def _add_build(sub):
-    p = sub.add_parser("build", help="add a stack and its ground truth to a TrainingSet",
-                       description="Add a TIFF stack and its frame-logger CSV to a TrainingSet "
-                       "(created if missing) as input/NAME, target/NAME and seg_map/NAME.")
+    p = sub.add_parser(
+        "build",
+        help="add a stack and its ground truth to a TrainingSet",
+        description="Add a TIFF stack and its frame-logger CSV to a TrainingSet "
+        "(created if missing) as input/NAME, target/NAME and seg_map/NAME.",
+    )
     p.add_argument("training_set", help="TrainingSet HDF5 file (created if missing)")
     p.add_argument("stack", help="TIFF stack (frames, H, W)")
     p.add_argument("ground_truth", help="frame-logger CSV (frame,id,x,y,z,brightness)")
     p.add_argument("--name", help="dataset name (default: the stack's folder or file name)")
-    p.add_argument("--sigma", type=float, default=1.0,
-                   help="std of each emitter's Gaussian in pixels (1.0)")
-    p.add_argument("--brightness-threshold", type=float, default=250,
-                   help="emitters at or below this brightness are not counted (250)")
-    p.add_argument("--seg-threshold", type=float, default=0.03,
-                   help="density above which a pixel is foreground (0.03)")
-    p.add_argument("--kernel", choices=("integrated", "sampled"), default="integrated",
-                   help="Gaussian integrated over pixels, or sampled at pixel centres as in "
-                   "the original DEFCoN (integrated)")
-    p.add_argument("--allow-empty", action="store_true",
-                   help="accept a ground truth without any emitter above the threshold "
-                   "(background-only training data); refused by default, as it usually means "
-                   "a wrong file, threshold or unit")
+    p.add_argument(
+        "--sigma", type=float, default=1.0, help="std of each emitter's Gaussian in pixels (1.0)"
+    )
+    p.add_argument(
+        "--brightness-threshold",
+        type=float,
+        default=250,
+        help="emitters at or below this brightness are not counted (250)",
+    )
+    p.add_argument(
+        "--seg-threshold",
+        type=float,
+        default=0.03,
+        help="density above which a pixel is foreground (0.03)",
+    )
+    p.add_argument(
+        "--kernel",
+        choices=("integrated", "sampled"),
+        default="integrated",
+        help="Gaussian integrated over pixels, or sampled at pixel centres as in "
+        "the original DEFCoN (integrated)",
+    )
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="accept a ground truth without any emitter above the threshold "
+        "(background-only training data); refused by default, as it usually means "
+        "a wrong file, threshold or unit",
+    )
     _add_stack_options(p)
     p.set_defaults(run=_run_build)
 
@@ -182,10 +242,18 @@ def _run_build(args):
 
     name = args.name or _default_name(Path(args.stack))
     with TrainingSet(args.training_set) as ts:
-        ts.add_dataset(name, args.stack, args.ground_truth,
-                       brightness_threshold=args.brightness_threshold, sigma=args.sigma,
-                       seg_threshold=args.seg_threshold, kernel=args.kernel, progress=True,
-                       allow_empty=args.allow_empty, stack_options=_stack_options(args))
+        ts.add_dataset(
+            name,
+            args.stack,
+            args.ground_truth,
+            brightness_threshold=args.brightness_threshold,
+            sigma=args.sigma,
+            seg_threshold=args.seg_threshold,
+            kernel=args.kernel,
+            progress=True,
+            allow_empty=args.allow_empty,
+            stack_options=_stack_options(args),
+        )
         ts.summary()
 
 
@@ -194,18 +262,27 @@ def _default_name(stack_path):
 
 
 def _add_compact(sub):
-    p = sub.add_parser("compact", help="merge a TrainingSet into one shuffled, augmented set",
-                       description="Merge every dataset of a TrainingSet into input/input, "
-                       "target/target and seg_map/seg_map, streaming.")
+    p = sub.add_parser(
+        "compact",
+        help="merge a TrainingSet into one shuffled, augmented set",
+        description="Merge every dataset of a TrainingSet into input/input, "
+        "target/target and seg_map/seg_map, streaming.",
+    )
     p.add_argument("training_set", help="TrainingSet HDF5 file")
     p.add_argument("output", help="compact HDF5 file to write")
     p.add_argument("--shuffle", action="store_true", help="shuffle frames (aligned in all groups)")
-    p.add_argument("--augment", action="store_true",
-                   help="random brightness per input frame, 10**U(-0.5, 1), clipped to [0, 1]")
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="random brightness per input frame, 10**U(-0.5, 1), clipped to [0, 1]",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of shuffle and augmentation")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing output files that defcon did not write (outputs "
-                   "never replace an input)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files that defcon did not write (outputs "
+        "never replace an input)",
+    )
     p.set_defaults(run=_run_compact)
 
 
@@ -213,22 +290,39 @@ def _run_compact(args):
     from .datasets import compact_set, is_compact_set
     from .files import check_output
 
-    check_output(args.output, [args.training_set], same_kind=is_compact_set,
-                 overwrite=args.overwrite, what="compact set")
+    check_output(
+        args.output,
+        [args.training_set],
+        same_kind=is_compact_set,
+        overwrite=args.overwrite,
+        what="compact set",
+    )
 
-    path = compact_set(args.training_set, args.output, shuffle=args.shuffle,
-                       augment=args.augment, seed=args.seed, progress=True)
+    path = compact_set(
+        args.training_set,
+        args.output,
+        shuffle=args.shuffle,
+        augment=args.augment,
+        seed=args.seed,
+        progress=True,
+    )
     print(f"wrote {path}")
     _print_info(path)
 
 
 def _add_train(sub):
-    p = sub.add_parser("train", help="train a DEFCoN network from an .ini file",
-                       description="Two-stage training (segmentation, then density) from a "
-                       "DEFCoN .ini file; same as `python -m defcon.train CONFIG`.")
+    p = sub.add_parser(
+        "train",
+        help="train a DEFCoN network from an .ini file",
+        description="Two-stage training (segmentation, then density) from a "
+        "DEFCoN .ini file; same as `python -m defcon.train CONFIG`.",
+    )
     p.add_argument("config", help="training configuration (.ini); see configs/default.ini")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the model already in OutputDir (refused by default)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the model already in OutputDir (refused by default)",
+    )
     p.set_defaults(run=_run_train)
 
 
@@ -240,41 +334,69 @@ def _run_train(args):
 
 
 def _add_predict(sub):
-    p = sub.add_parser("predict", help="count emitters in a TIFF stack",
-                       description="Predict density maps for every frame of a TIFF stack "
-                       "(8/16-bit or float, any frame size), streaming it, and write the count "
-                       "and the maximum local count of every frame to a CSV "
-                       "(frame,count,max_local_count,flag; frames 1-based). When the model "
-                       "records its training envelope (the shipped models do), the PSF width "
-                       "of every chunk and the density of every frame are checked against it: "
-                       "frames outside get a flag (psf_wide, psf_narrow, too_dense) and a "
-                       "warning, since their counts may be biased. Every frame of the stack is "
-                       "counted or the command fails: see --allow-truncated and --nan-frames "
-                       "for damaged stacks.")
+    p = sub.add_parser(
+        "predict",
+        help="count emitters in a TIFF stack",
+        description="Predict density maps for every frame of a TIFF stack "
+        "(8/16-bit or float, any frame size), streaming it, and write the count "
+        "and the maximum local count of every frame to a CSV "
+        "(frame,count,max_local_count,flag; frames 1-based). When the model "
+        "records its training envelope (the shipped models do), the PSF width "
+        "of every chunk and the density of every frame are checked against it: "
+        "frames outside get a flag (psf_wide, psf_narrow, too_dense) and a "
+        "warning, since their counts may be biased. Every frame of the stack is "
+        "counted or the command fails: see --allow-truncated and --nan-frames "
+        "for damaged stacks.",
+    )
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("stack", help="TIFF stack to count")
     p.add_argument("--out", help="also write the density maps to this .tif or .h5 file")
     p.add_argument("--counts", help="counts CSV (default: STACK_counts.csv beside the stack)")
-    p.add_argument("--box", type=_positive_int, default=7,
-                   help="side of the box for the maximum local count, pixels (7)")
-    p.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="frames per batch (default: about half a megapixel per batch)")
-    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                   help="bfloat16 is ~2.5x faster on CPUs with AMX/AVX512-BF16; counts move "
-                   "by ~0.25 %% (float32)")
-    p.add_argument("--no-envelope-check", action="store_true",
-                   help="skip the training-envelope check (no psf_* or too_dense flags)")
-    p.add_argument("--allow-truncated", action="store_true",
-                   help="count the intact frames of a truncated or damaged stack (an error by "
-                   "default); the summary warns and the last counted frame gets the flag "
-                   "'truncated' in the CSV")
-    p.add_argument("--nan-frames", choices=("error", "flag"), default="error",
-                   help="frames holding NaN or infinite pixels: 'error' stops, naming them "
-                   "(default); 'flag' leaves their count and max_local_count empty with the "
-                   "flag 'nan_pixels' (and NaN density maps) and counts the other frames")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing output files that defcon did not write (outputs "
-                   "never replace an input)")
+    p.add_argument(
+        "--box",
+        type=_positive_int,
+        default=7,
+        help="side of the box for the maximum local count, pixels (7)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="frames per batch (default: about half a megapixel per batch)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="bfloat16 is ~2.5x faster on CPUs with AMX/AVX512-BF16; counts move "
+        "by ~0.25 %% (float32)",
+    )
+    p.add_argument(
+        "--no-envelope-check",
+        action="store_true",
+        help="skip the training-envelope check (no psf_* or too_dense flags)",
+    )
+    p.add_argument(
+        "--allow-truncated",
+        action="store_true",
+        help="count the intact frames of a truncated or damaged stack (an error by "
+        "default); the summary warns and the last counted frame gets the flag "
+        "'truncated' in the CSV",
+    )
+    p.add_argument(
+        "--nan-frames",
+        choices=("error", "flag"),
+        default="error",
+        help="frames holding NaN or infinite pixels: 'error' stops, naming them "
+        "(default); 'flag' leaves their count and max_local_count empty with the "
+        "flag 'nan_pixels' (and NaN density maps) and counts the other frames",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files that defcon did not write (outputs "
+        "never replace an input)",
+    )
     _add_stack_options(p)
     p.set_defaults(run=_run_predict)
 
@@ -289,38 +411,78 @@ def _run_predict(args):
     from .errors import ModelFileError, UnsupportedFileError
     from .files import atomic_path, check_output
     from .networks import FCN
-    from .predict import (COUNT_COLUMNS, DensityWriter, count_rows, envelope_check_for,
-                          is_counts_csv, is_density_output, iter_predict_tiff, mark_nonfinite,
-                          nonfinite_mask)
+    from .predict import (
+        COUNT_COLUMNS,
+        DensityWriter,
+        count_rows,
+        envelope_check_for,
+        is_counts_csv,
+        is_density_output,
+        iter_predict_tiff,
+        mark_nonfinite,
+        nonfinite_mask,
+    )
     from .tiffio import TiffStack
 
     stack_path = Path(args.stack)
     counts_path = Path(args.counts or stack_path.with_name(stack_path.stem + "_counts.csv"))
     if args.out:
-        check_output(args.out, [args.stack, args.model], same_kind=is_density_output,
-                     overwrite=args.overwrite, what="density output")
-    check_output(counts_path, [args.stack, args.model, args.out], same_kind=is_counts_csv,
-                 overwrite=args.overwrite, what="counts CSV")
+        check_output(
+            args.out,
+            [args.stack, args.model],
+            same_kind=is_density_output,
+            overwrite=args.overwrite,
+            what="density output",
+        )
+    check_output(
+        counts_path,
+        [args.stack, args.model, args.out],
+        same_kind=is_counts_csv,
+        overwrite=args.overwrite,
+        what="counts CSV",
+    )
     counts = []
-    with TiffStack(stack_path, **_stack_options(args), allow_truncated=args.allow_truncated,
-                   nonfinite=args.nan_frames) as stack, contextlib.ExitStack() as files:
+    with (
+        TiffStack(
+            stack_path,
+            **_stack_options(args),
+            allow_truncated=args.allow_truncated,
+            nonfinite=args.nan_frames,
+        ) as stack,
+        contextlib.ExitStack() as files,
+    ):
         model = FCN.from_file(args.model)  # after the stack: a bad stack fails at once
         if model.output_kind not in ("density", "both"):
-            raise ModelFileError(f"{args.model}: a '{model.output_kind}' model; counting "
-                                 "needs a density model")
+            raise ModelFileError(
+                f"{args.model}: a '{model.output_kind}' model; counting needs a density model"
+            )
         model = model.with_output("density") if model.output_kind == "both" else model
         writer = None
         if args.out:
-            writer = files.enter_context(DensityWriter(
-                args.out, (len(stack),) + stack.shape[1:] + (1,), source=stack.path,
-                model=model.name))
+            writer = files.enter_context(
+                DensityWriter(
+                    args.out,
+                    (len(stack),) + stack.shape[1:] + (1,),
+                    source=stack.path,
+                    model=model.name,
+                )
+            )
         tmp = files.enter_context(atomic_path(counts_path))
         table = csv.writer(files.enter_context(open(tmp, "w", newline="")))
         table.writerow(COUNT_COLUMNS)
         check = None if args.no_envelope_check else envelope_check_for(model, stack.shape[1:])
-        chunks = files.enter_context(contextlib.closing(iter_predict_tiff(
-            model, stack, batch_size=args.batch_size, progress=True,
-            precision=args.precision, envelope_check=check)))
+        chunks = files.enter_context(
+            contextlib.closing(
+                iter_predict_tiff(
+                    model,
+                    stack,
+                    batch_size=args.batch_size,
+                    progress=True,
+                    precision=args.precision,
+                    envelope_check=check,
+                )
+            )
+        )
         for frames, density in chunks:
             density = mark_nonfinite(stack, frames, density)
             if writer is not None:
@@ -335,28 +497,42 @@ def _run_predict(args):
                 table.writerow((f, "", "", flag) if skip else (f, f"{c:.4f}", f"{m:.4f}", flag))
             counts += [(c, m) for _, c, m in rows]
         if len(counts) != len(stack):  # every frame the file holds has a row
-            raise UnsupportedFileError(f"{stack_path}: {len(counts)} frames counted but the "
-                                       f"stack holds {len(stack)}")
+            raise UnsupportedFileError(
+                f"{stack_path}: {len(counts)} frames counted but the stack holds {len(stack)}"
+            )
     counts = np.array(counts)
     counted = counts[np.isfinite(counts[:, 0])]
-    print(f"{stack_path}: {len(counts)} frames{_layout(args)}, " + (
-          f"{counted[:, 0].sum():.1f} emitters in all, "
-          f"{counted[:, 0].mean():.2f} per frame ({counted[:, 0].min():.1f} to "
-          f"{counted[:, 0].max():.1f}); densest {args.box}x{args.box} box: "
-          f"{counted[:, 1].max():.2f}" if len(counted) else "none counted"))
+    print(
+        f"{stack_path}: {len(counts)} frames{_layout(args)}, "
+        + (
+            f"{counted[:, 0].sum():.1f} emitters in all, "
+            f"{counted[:, 0].mean():.2f} per frame ({counted[:, 0].min():.1f} to "
+            f"{counted[:, 0].max():.1f}); densest {args.box}x{args.box} box: "
+            f"{counted[:, 1].max():.2f}"
+            if len(counted)
+            else "none counted"
+        )
+    )
     if len(counted) < len(counts):
-        print(f"warning: {len(counts) - len(counted)} frame(s) hold NaN or infinite pixels: "
-              "not counted (flag nan_pixels, empty count)")
+        print(
+            f"warning: {len(counts) - len(counted)} frame(s) hold NaN or infinite pixels: "
+            "not counted (flag nan_pixels, empty count)"
+        )
     if stack.truncated:
         declared, read = stack.truncated
-        print(f"warning: truncated or damaged file: {read} intact frames counted" +
-              (f" of the {declared} it declares" if declared else "") +
-              f" (flag truncated on frame {read})")
+        print(
+            f"warning: truncated or damaged file: {read} intact frames counted"
+            + (f" of the {declared} it declares" if declared else "")
+            + f" (flag truncated on frame {read})"
+        )
     if check is not None and check.summary():
         print(f"warning: {check.summary()}")
     elif check is None:
-        print("no training envelope checked (the model records none)" if
-              not args.no_envelope_check else "training envelope not checked")
+        print(
+            "no training envelope checked (the model records none)"
+            if not args.no_envelope_check
+            else "training envelope not checked"
+        )
     print(f"counts: {counts_path}" + (f"; density maps: {args.out}" if args.out else ""))
 
 
@@ -367,35 +543,73 @@ def _layout(args):
 
 
 def _add_export(sub):
-    p = sub.add_parser("export", help="export a model for Fiji and TensorFlow runtimes",
-                       description="Export a density model. --fiji DIR writes DIR/DEFCoN/ "
-                       "with tf_density_count/ and tf_max_count/ (TensorFlow 1.x SavedModels "
-                       "that the DEFCoN-ImageJ plugin and defcon's Fiji plugin load) and a "
-                       "README.txt; copy DEFCoN/ into Fiji.app/plugins/ (or give "
-                       "Fiji.app/plugins as DIR).")
+    p = sub.add_parser(
+        "export",
+        help="export a model for Fiji and TensorFlow runtimes",
+        description="Export a density model. --fiji DIR writes DIR/DEFCoN/ "
+        "with tf_density_count/ and tf_max_count/ (TensorFlow 1.x SavedModels "
+        "that the DEFCoN-ImageJ plugin and defcon's Fiji plugin load) and a "
+        "README.txt; copy DEFCoN/ into Fiji.app/plugins/ (or give "
+        "Fiji.app/plugins as DIR).",
+    )
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--fiji", metavar="DIR", help="write DIR/DEFCoN/ for Fiji")
-    p.add_argument("--tf1", metavar="DIR", help="write one TF1-compatible SavedModel "
-                   "(input_tensor -> output_tensor), as FCN.save_tf_model")
-    p.add_argument("--tf2", metavar="DIR", help="write a TF2 SavedModel with a "
-                   "serving_default signature (TF Serving, tf.saved_model.load)")
-    p.add_argument("--onnx", metavar="FILE", help="write ONNX (opset 17) for onnxruntime, "
-                   "deepImageJ and others")
-    p.add_argument("--bioimageio", metavar="ZIP", help="write a bioimage.io model package "
-                   "(ONNX + TF SavedModel weights, test tensors, docs, SHA-256 of every file)")
-    p.add_argument("--training-dir", metavar="DIR", help="with --bioimageio: the training "
-                   "OutputDir, whose config, history.tsv and curves.png are attached")
-    p.add_argument("--training-set", metavar="H5", help="with --bioimageio: the training set, "
-                   "whose sources and checksums are recorded")
-    p.add_argument("--author", action="append", default=None, metavar="NAME",
-                   help="with --bioimageio: an author (repeat for several)")
-    p.add_argument("--box", type=_positive_int, default=7,
-                   help="box side of the max-count model, pixels (7)")
-    p.add_argument("--division", type=float, default=None,
-                   help="divide the output by this number, as DEFCoN's export did")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing outputs that are not defcon exports (outputs never "
-                   "replace an input)")
+    p.add_argument(
+        "--tf1",
+        metavar="DIR",
+        help="write one TF1-compatible SavedModel "
+        "(input_tensor -> output_tensor), as FCN.save_tf_model",
+    )
+    p.add_argument(
+        "--tf2",
+        metavar="DIR",
+        help="write a TF2 SavedModel with a "
+        "serving_default signature (TF Serving, tf.saved_model.load)",
+    )
+    p.add_argument(
+        "--onnx",
+        metavar="FILE",
+        help="write ONNX (opset 17) for onnxruntime, deepImageJ and others",
+    )
+    p.add_argument(
+        "--bioimageio",
+        metavar="ZIP",
+        help="write a bioimage.io model package "
+        "(ONNX + TF SavedModel weights, test tensors, docs, SHA-256 of every file)",
+    )
+    p.add_argument(
+        "--training-dir",
+        metavar="DIR",
+        help="with --bioimageio: the training "
+        "OutputDir, whose config, history.tsv and curves.png are attached",
+    )
+    p.add_argument(
+        "--training-set",
+        metavar="H5",
+        help="with --bioimageio: the training set, whose sources and checksums are recorded",
+    )
+    p.add_argument(
+        "--author",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="with --bioimageio: an author (repeat for several)",
+    )
+    p.add_argument(
+        "--box", type=_positive_int, default=7, help="box side of the max-count model, pixels (7)"
+    )
+    p.add_argument(
+        "--division",
+        type=float,
+        default=None,
+        help="divide the output by this number, as DEFCoN's export did",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs that are not defcon exports (outputs never "
+        "replace an input)",
+    )
     p.set_defaults(run=_run_export)
 
 
@@ -404,8 +618,10 @@ def _run_export(args):
     from .networks import FCN
 
     if not (args.fiji or args.tf1 or args.tf2 or args.onnx or args.bioimageio):
-        raise SystemExit("defcon export: error: say what to write: --fiji, --tf1, --tf2, "
-                         "--onnx and/or --bioimageio")
+        raise SystemExit(
+            "defcon export: error: say what to write: --fiji, --tf1, --tf2, "
+            "--onnx and/or --bioimageio"
+        )
     _check_export_outputs(args)
     model = FCN.from_file(args.model)
     if args.onnx or args.bioimageio:
@@ -414,9 +630,13 @@ def _run_export(args):
         if args.onnx:
             print(f"wrote {package.export_onnx(model, args.onnx)}")
         if args.bioimageio:
-            path = package.export_bioimageio(model, args.bioimageio, authors=args.author,
-                                             training_dir=args.training_dir,
-                                             training_set=args.training_set)
+            path = package.export_bioimageio(
+                model,
+                args.bioimageio,
+                authors=args.author,
+                training_dir=args.training_dir,
+                training_set=args.training_set,
+            )
             print(f"wrote {path} (check it with: defcon info {path})")
     if args.fiji:
         folder = export.export_fiji(model, args.fiji, box=args.box, division=args.division)
@@ -441,33 +661,48 @@ def _check_export_outputs(args):
             return b"tf2onnx" in f.read(64)
 
     inputs = [args.model, args.training_set]
-    kinds = {"onnx": onnx_from_defcon, "bioimageio": is_package, "tf1": saved_model,
-             "tf2": saved_model}
+    kinds = {
+        "onnx": onnx_from_defcon,
+        "bioimageio": is_package,
+        "tf1": saved_model,
+        "tf2": saved_model,
+    }
     for option, same_kind in kinds.items():
         target = getattr(args, option)
         if target:
-            check_output(target, inputs, same_kind=same_kind, overwrite=args.overwrite,
-                         what=f"--{option} export")
+            check_output(
+                target,
+                inputs,
+                same_kind=same_kind,
+                overwrite=args.overwrite,
+                what=f"--{option} export",
+            )
     if args.fiji:
-        check_output(Path(args.fiji) / "DEFCoN", inputs, same_kind=lambda path: True,
-                     what="Fiji folder")
+        check_output(
+            Path(args.fiji) / "DEFCoN", inputs, same_kind=lambda path: True, what="Fiji folder"
+        )
 
 
 def _add_info(sub):
-    p = sub.add_parser("info", help="describe a TrainingSet, compact set or model",
-                       description="Print a summary of a defcon file.")
+    p = sub.add_parser(
+        "info",
+        help="describe a TrainingSet, compact set or model",
+        description="Print a summary of a defcon file.",
+    )
     p.add_argument("file", help="HDF5 training set, .keras/.h5 model")
     p.set_defaults(run=lambda args: _print_info(args.file))
 
 
 def _add_clean(sub):
     p = sub.add_parser(
-        "clean", help="remove temporary files left by interrupted defcon runs",
+        "clean",
+        help="remove temporary files left by interrupted defcon runs",
         description="Remove the hidden temporary files (.NAME.defcon-PID-*.tmp*) that defcon "
-                    "processes killed hard (SIGKILL, power loss) left behind, and the incomplete "
-                    "datasets of TrainingSets in FOLDER. Files of defcon processes still running "
-                    "are kept. Each defcon write also cleans its own folder, so this is only "
-                    "needed to reclaim space at once.")
+        "processes killed hard (SIGKILL, power loss) left behind, and the incomplete "
+        "datasets of TrainingSets in FOLDER. Files of defcon processes still running "
+        "are kept. Each defcon write also cleans its own folder, so this is only "
+        "needed to reclaim space at once.",
+    )
     p.add_argument("folders", nargs="+", metavar="FOLDER", help="folders to clean")
     p.add_argument("--recursive", "-r", action="store_true", help="also clean sub-folders")
     p.set_defaults(run=_run_clean)
@@ -491,13 +726,24 @@ def _print_info(path):
 def build_parser():
     """The argument parser of the ``defcon`` command."""
     parser = argparse.ArgumentParser(
-        prog="defcon", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
-        description="Count fluorescent emitters in SMLM stacks with DEFCoN density networks.")
+        prog="defcon",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        description="Count fluorescent emitters in SMLM stacks with DEFCoN density networks.",
+    )
     parser.add_argument("--version", action="version", version=f"defcon {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_simulate, _add_build, _add_compact, _add_train, _add_predict, _add_export,
-                _add_info, _add_clean):
+    for add in (
+        _add_simulate,
+        _add_build,
+        _add_compact,
+        _add_train,
+        _add_predict,
+        _add_export,
+        _add_info,
+        _add_clean,
+    ):
         add(sub)
     return parser
 
@@ -506,8 +752,9 @@ def main(argv=None):
     """Entry point of the ``defcon`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s: %(message)s"
+    )
     # A job manager's SIGTERM stops the work like Ctrl-C: partial outputs are removed.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

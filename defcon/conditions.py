@@ -57,8 +57,8 @@ def peak_snr(photons, sigma_px, background, read_noise=0.0):
     ``photons / (2 pi sigma²)`` (the expected photons in the spot's brightest
     pixel, roughly) over the shot and read noise of the background there.
     """
-    peak = photons / (2 * math.pi * sigma_px ** 2)
-    return peak / math.sqrt(background + read_noise ** 2 + 1.0)
+    peak = photons / (2 * math.pi * sigma_px**2)
+    return peak / math.sqrt(background + read_noise**2 + 1.0)
 
 
 def sample_conditions(seed, ranges=None, n_frames=400):
@@ -86,21 +86,34 @@ def sample_conditions(seed, ranges=None, n_frames=400):
     pixel_nm = _draw(rng, "pixel_size_nm", ranges)
     background = _draw(rng, "background", ranges)
     camera = str(rng.choice(list(CAMERA_WEIGHTS), p=list(CAMERA_WEIGHTS.values())))
-    read_noise = {"ccd": rng.uniform(4, 12), "emccd": rng.uniform(20, 80),
-                  "scmos": rng.uniform(1.0, 2.5)}[camera]
-    em_gain = float(math.exp(rng.uniform(math.log(30), math.log(300)))) \
-        if camera == "emccd" else None
+    read_noise = {
+        "ccd": rng.uniform(4, 12),
+        "emccd": rng.uniform(20, 80),
+        "scmos": rng.uniform(1.0, 2.5),
+    }[camera]
+    em_gain = (
+        float(math.exp(rng.uniform(math.log(30), math.log(300)))) if camera == "emccd" else None
+    )
     # Spots the eye can see: brighter stacks than the noise floor needs are kept,
     # dimmer ones are raised to it (a stack of invisible emitters teaches nothing).
     effective_read = read_noise / (em_gain or 1.0)
     low, high, _ = ranges["photon_rate"]
-    floor = ranges["min_peak_snr"][0] * 2 * math.pi * sigma ** 2 * math.sqrt(
-        background + effective_read ** 2 + 1.0)
-    photons = _draw(rng, "photon_rate", {"photon_rate": (max(low, min(floor, high / 2)), high,
-                                                         "log")})
+    floor = (
+        ranges["min_peak_snr"][0]
+        * 2
+        * math.pi
+        * sigma**2
+        * math.sqrt(background + effective_read**2 + 1.0)
+    )
+    photons = _draw(
+        rng, "photon_rate", {"photon_rate": (max(low, min(floor, high / 2)), high, "log")}
+    )
     qe = rng.uniform(0.6, 0.95)
-    electrons_per_adu = {"ccd": rng.uniform(0.5, 5), "scmos": rng.uniform(0.2, 2.5),
-                         "emccd": (em_gain or 1.0) / rng.uniform(1, 10)}[camera]
+    electrons_per_adu = {
+        "ccd": rng.uniform(0.5, 5),
+        "scmos": rng.uniform(0.2, 2.5),
+        "emccd": (em_gain or 1.0) / rng.uniform(1, 10),
+    }[camera]
     layout = str(rng.choice(list(LAYOUT_WEIGHTS), p=list(LAYOUT_WEIGHTS.values())))
     camera_pixel_nm = 6500.0 if camera == "scmos" else 16000.0
     high_density = _draw(rng, "emitters_per_frame", ranges)
@@ -126,14 +139,17 @@ def sample_conditions(seed, ranges=None, n_frames=400):
         "pixel_spread": float(rng.uniform(0.005, 0.05)),
         "layout": layout,
         "n_structures": int(rng.integers(3, 30) if layout == "clustered" else rng.integers(2, 12)),
-        "structure_spread_px": float(rng.uniform(0.5, 4.0) if layout == "clustered"
-                                     else rng.uniform(0.1, 0.6)),
+        "structure_spread_px": float(
+            rng.uniform(0.5, 4.0) if layout == "clustered" else rng.uniform(0.1, 0.6)
+        ),
         "bleach_rate": float(rng.uniform(0.1, 0.5)),
         "n_fiducials": int(rng.integers(1, 3)) if rng.random() < 0.1 else 0,
         "fiducial_photons": float(photons * rng.uniform(3, 10)),
         # From sparse (a random fraction of the top, empty frames included) to crowded.
-        "density_sweep": [float(rng.uniform(0, 0.3)) * high_density * per_um2,
-                          high_density * per_um2],
+        "density_sweep": [
+            float(rng.uniform(0, 0.3)) * high_density * per_um2,
+            high_density * per_um2,
+        ],
         "sweep_blocks": max(2, n_frames // 100),
         "fluorophore_density": float(max(2000.0, 2 * high_density * per_um2 * n_frames)),
         "brightness_threshold": THRESHOLD_FRACTION * photons,

@@ -17,8 +17,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__, groundtruth, tiffio
-from .errors import (DuplicateNameError, GroundTruthError, MissingFileError, ShapeMismatchError,
-                     TrainingSetError, UnsupportedFileError)
+from .errors import (
+    DuplicateNameError,
+    GroundTruthError,
+    MissingFileError,
+    ShapeMismatchError,
+    TrainingSetError,
+    UnsupportedFileError,
+)
 from .files import atomic_path, check_output, existing_file, hdf5_space, sha256_file
 from .tiffio import TiffStack, is_tiff, to_float
 
@@ -49,8 +55,11 @@ def _written_bytes(shape, groups):
 
 def _provenance(**extra):
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return {"defcon_version": __version__, "created": now,
-            **{k: v for k, v in extra.items() if v is not None}}
+    return {
+        "defcon_version": __version__,
+        "created": now,
+        **{k: v for k, v in extra.items() if v is not None},
+    }
 
 
 class TrainingSet(h5py.File):
@@ -78,7 +87,7 @@ class TrainingSet(h5py.File):
 
     Examples
     --------
-    >>> with TrainingSet("training.h5") as ts:
+    >>> with TrainingSet("training.h5") as ts:  # doctest: +SKIP
     ...     ts.add_dataset("sim1", "sim1/stack.tif", "sim1/frame_logger.csv")
     ...     ts.summary()
     """
@@ -105,7 +114,8 @@ class TrainingSet(h5py.File):
             found = ", ".join(sorted(self.keys())) or "no groups"
             raise TrainingSetError(
                 f"{path}: not a defcon TrainingSet (expected groups input/, target/, seg_map/ "
-                f"and the '{MARKER}' attribute; found {found})")
+                f"and the '{MARKER}' attribute; found {found})"
+            )
         if self.mode == "r":
             return
         if is_new:
@@ -166,9 +176,20 @@ class TrainingSet(h5py.File):
         return f"<defcon TrainingSet '{self.filename}' ({counts}) mode '{self.mode}'>"
 
     # ------------------------------------------------------------------ writing
-    def add_dataset(self, name, input_file, ground_truth, brightness_threshold=250, sigma=1.0,
-                    seg_threshold=0.03, kernel="integrated", progress=False, allow_empty=False,
-                    *, stack_options=None):
+    def add_dataset(
+        self,
+        name,
+        input_file,
+        ground_truth,
+        brightness_threshold=250,
+        sigma=1.0,
+        seg_threshold=0.03,
+        kernel="integrated",
+        progress=False,
+        allow_empty=False,
+        *,
+        stack_options=None,
+    ):
         """Add a TIFF stack with its frame-logger ground truth as ``name``.
 
         Writes ``input/name`` (the stack scaled to [0, 1]), ``target/name`` (the
@@ -212,10 +233,12 @@ class TrainingSet(h5py.File):
                 raise ShapeMismatchError(
                     f"{stack.path}: frames of {height} x {width} px; training needs heights "
                     "and widths that are multiples of 4 (two stride-2 layers): crop the stack "
-                    f"to {height - height % 4} x {width - width % 4} first")
+                    f"to {height - height % 4} x {width - width % 4} first"
+                )
             # Compact and sorted by frame; a CSV is streamed in chunks.
-            truth = groundtruth.read_emitters(ground_truth, n_frames, height, width,
-                                              brightness_threshold)
+            truth = groundtruth.read_emitters(
+                ground_truth, n_frames, height, width, brightness_threshold
+            )
             if not allow_empty and not len(truth):
                 label = ground_truth if isinstance(ground_truth, (str, Path)) else "ground truth"
                 raise GroundTruthError(
@@ -223,25 +246,41 @@ class TrainingSet(h5py.File):
                     f"threshold {brightness_threshold:g} (brightest: "
                     f"{'none' if truth.brightest is None else truth.brightest}), so every target "
                     "would be empty; check the file and --brightness-threshold, or pass "
-                    "allow_empty=True (--allow-empty) for background-only data")
-            params = dict(brightness_threshold=brightness_threshold, sigma=sigma,
-                          seg_threshold=seg_threshold, kernel=kernel)
-            source = _provenance(source_file=str(Path(input_file).resolve()),
-                                 source_sha256=sha256_file(stack.path),
-                                 ground_truth=_describe_ground_truth(ground_truth), **params)
+                    "allow_empty=True (--allow-empty) for background-only data"
+                )
+            params = dict(
+                brightness_threshold=brightness_threshold,
+                sigma=sigma,
+                seg_threshold=seg_threshold,
+                kernel=kernel,
+            )
+            source = _provenance(
+                source_file=str(Path(input_file).resolve()),
+                source_sha256=sha256_file(stack.path),
+                ground_truth=_describe_ground_truth(ground_truth),
+                **params,
+            )
             with self._writing(name, GROUPS, stack.shape) as out:
-                bar = tqdm(total=n_frames, unit="frame", desc=f"adding {name}",
-                           disable=not progress)
+                bar = tqdm(
+                    total=n_frames, unit="frame", desc=f"adding {name}", disable=not progress
+                )
                 for start, frames in stack.chunks(_frames_per_chunk(height, width)):
                     stop = start + len(frames)
                     density = groundtruth.density_stack(
-                        truth, n_frames, height, width, sigma=sigma,
-                        brightness_threshold=brightness_threshold, kernel=kernel,
-                        frame_range=(start, stop))
+                        truth,
+                        n_frames,
+                        height,
+                        width,
+                        sigma=sigma,
+                        brightness_threshold=brightness_threshold,
+                        kernel=kernel,
+                        frame_range=(start, stop),
+                    )
                     out["input"][start:stop] = to_float(frames)[..., None]
                     out["target"][start:stop] = density[..., None]
                     out["seg_map"][start:stop] = groundtruth.segmentation_stack(
-                        density, seg_threshold)[..., None]
+                        density, seg_threshold
+                    )[..., None]
                     bar.update(len(frames))
                 bar.close()
                 for data in out.values():
@@ -265,8 +304,7 @@ class TrainingSet(h5py.File):
         name = name or Path(input_file).stem
         self._copy_frames("input", name, input_file, input_dataset, to_float, progress)
 
-    def add_target(self, input_file, input_dataset, name=None, seg_threshold=0.03,
-                   progress=False):
+    def add_target(self, input_file, input_dataset, name=None, seg_threshold=0.03, progress=False):
         """Add density targets (and their segmentation maps) from an HDF5 dataset.
 
         Parameters
@@ -283,29 +321,44 @@ class TrainingSet(h5py.File):
             Show a progress bar.
         """
         name = name or Path(input_file).stem
-        self._copy_frames(("target", "seg_map"), name, input_file, input_dataset,
-                          lambda d: d.astype(np.float32), progress, seg_threshold)
+        self._copy_frames(
+            ("target", "seg_map"),
+            name,
+            input_file,
+            input_dataset,
+            lambda d: d.astype(np.float32),
+            progress,
+            seg_threshold,
+        )
 
-    def _copy_frames(self, groups, name, input_file, input_dataset, convert, progress,
-                     seg_threshold=None):
+    def _copy_frames(
+        self, groups, name, input_file, input_dataset, convert, progress, seg_threshold=None
+    ):
         groups = (groups,) if isinstance(groups, str) else groups
         for group in groups:
             self._check_new_name(name, (group,))
         with _FrameSource(input_file, input_dataset) as (source, shape, sha256):
-            attrs = _provenance(source_file=str(Path(input_file).resolve()),
-                                source_dataset=input_dataset, source_sha256=sha256,
-                                seg_threshold=seg_threshold)
+            attrs = _provenance(
+                source_file=str(Path(input_file).resolve()),
+                source_dataset=input_dataset,
+                source_sha256=sha256,
+                seg_threshold=seg_threshold,
+            )
             with self._writing(name, groups, shape) as out:
                 height, width = shape[1:]
-                for start in tqdm(range(0, shape[0], _frames_per_chunk(height, width)),
-                                  desc=f"adding {name}", disable=not progress):
+                for start in tqdm(
+                    range(0, shape[0], _frames_per_chunk(height, width)),
+                    desc=f"adding {name}",
+                    disable=not progress,
+                ):
                     frames = source(start, start + _frames_per_chunk(height, width))
                     stop = start + len(frames)
                     values = convert(frames)
                     out[groups[0]][start:stop] = values[..., None]
                     if "seg_map" in out:
                         out["seg_map"][start:stop] = groundtruth.segmentation_stack(
-                            values, seg_threshold)[..., None]
+                            values, seg_threshold
+                        )[..., None]
                 for data in out.values():
                     data.attrs.update(attrs)
 
@@ -316,7 +369,8 @@ class TrainingSet(h5py.File):
             if name in self[group]:
                 raise DuplicateNameError(
                     f"{self.filename}: a dataset named '{name}' already exists in {group}/ "
-                    "(choose another name or delete it first)")
+                    "(choose another name or delete it first)"
+                )
 
     @contextlib.contextmanager
     def _writing(self, name, groups, shape):
@@ -334,10 +388,15 @@ class TrainingSet(h5py.File):
         n, height, width = shape
         what = f"dataset {name!r} ({n} frames of {height} x {width})"
         with hdf5_space(self, _written_bytes(shape, groups), what):
-            partial = {g: self[g].create_dataset(
-                PARTIAL + name, shape=(n, height, width, 1),
-                dtype=np.uint8 if g == "seg_map" else np.float32, chunks=(1, height, width, 1))
-                for g in groups}
+            partial = {
+                g: self[g].create_dataset(
+                    PARTIAL + name,
+                    shape=(n, height, width, 1),
+                    dtype=np.uint8 if g == "seg_map" else np.float32,
+                    chunks=(1, height, width, 1),
+                )
+                for g in groups
+            }
             try:
                 yield partial
             except BaseException:
@@ -354,8 +413,10 @@ def _hdf5_problem(err):
     if "truncated" in text or "signature" in text or "bad object header" in text:
         return "truncated or damaged HDF5 file (an interrupted copy or a full disk?)"
     if "unable to lock" in text.lower():
-        return ("another process has this file open (HDF5 file locking); close it there, "
-                "or wait for it to finish")
+        return (
+            "another process has this file open (HDF5 file locking); close it there, "
+            "or wait for it to finish"
+        )
     if "ermission" in text or "read-only" in text:
         return "no permission to open it for writing (read-only file or folder)"
     return f"cannot open it as HDF5: {text}"
@@ -381,7 +442,8 @@ class _FrameSource:
             self._open_hdf5(dataset)
         else:
             raise UnsupportedFileError(
-                f"{self.path}: unsupported file type (expected a .tif/.tiff stack or an HDF5 file)")
+                f"{self.path}: unsupported file type (expected a .tif/.tiff stack or an HDF5 file)"
+            )
 
     def _open_hdf5(self, dataset):
         f = h5py.File(self.path, "r")
@@ -389,14 +451,18 @@ class _FrameSource:
         if dataset is None or dataset not in f or not isinstance(f[dataset], h5py.Dataset):
             found = ", ".join(_dataset_paths(f))
             f.close()
-            raise TrainingSetError(f"{self.path}: no dataset {dataset!r} (give input_dataset; "
-                                   f"datasets in the file: {found})")
+            raise TrainingSetError(
+                f"{self.path}: no dataset {dataset!r} (give input_dataset; "
+                f"datasets in the file: {found})"
+            )
         data = f[dataset]
         shape = data.shape[:-1] if data.ndim == 4 and data.shape[-1] == 1 else data.shape
         if len(shape) != 3:
             f.close()
-            raise ShapeMismatchError(f"{self.path}:{dataset}: shape {data.shape}; expected "
-                                     "(frames, H, W) or (frames, H, W, 1)")
+            raise ShapeMismatchError(
+                f"{self.path}:{dataset}: shape {data.shape}; expected "
+                "(frames, H, W) or (frames, H, W, 1)"
+            )
         self.shape = tuple(shape)
         self.read = lambda start, stop: data[start:stop].reshape((-1,) + self.shape[1:])
 
@@ -424,8 +490,15 @@ def is_compact_set(path):
         return False
 
 
-def compact_set(training_set, output_file, shuffle=False, augment=False, seed=None,
-                progress=False, temporal=False):
+def compact_set(
+    training_set,
+    output_file,
+    shuffle=False,
+    augment=False,
+    seed=None,
+    progress=False,
+    temporal=False,
+):
     """Merge every dataset of a TrainingSet into one dataset per group.
 
     Writes ``input/input``, ``target/target`` and ``seg_map/seg_map`` to a new
@@ -469,11 +542,15 @@ def compact_set(training_set, output_file, shuffle=False, augment=False, seed=No
         supported), or a bool ``seed`` (DEFCoN's fifth argument was ``temporal``).
     """
     if temporal:
-        raise TrainingSetError("compact_set(temporal=True): temporal stacks (frame triplets "
-                               "for DEFCoN's 3-D network) are not supported; use temporal=False")
+        raise TrainingSetError(
+            "compact_set(temporal=True): temporal stacks (frame triplets "
+            "for DEFCoN's 3-D network) are not supported; use temporal=False"
+        )
     if isinstance(seed, bool):
-        raise TrainingSetError(f"compact_set: seed={seed} is not a seed; DEFCoN's fifth "
-                               "argument was temporal: pass temporal=... and seed=... by name")
+        raise TrainingSetError(
+            f"compact_set: seed={seed} is not a seed; DEFCoN's fifth "
+            "argument was temporal: pass temporal=... and seed=... by name"
+        )
     source = training_set.filename if isinstance(training_set, TrainingSet) else training_set
     check_output(output_file, [source], same_kind=lambda path: True, what="compact set")
     if isinstance(training_set, TrainingSet):
@@ -491,23 +568,41 @@ def _compact(ts, output_file, shuffle, augment, seed, progress):
     destination = rng.permutation(total) if shuffle else np.arange(total)
     chunk = _frames_per_chunk(*frame_shape)
     output_file = Path(output_file)
-    with (atomic_path(output_file) as tmp, h5py.File(tmp, "w") as out,
-          hdf5_space(out, _written_bytes((total,) + frame_shape, GROUPS),
-                     f"a compact set of {total} frames", reported_as=output_file)):
+    with (
+        atomic_path(output_file) as tmp,
+        h5py.File(tmp, "w") as out,
+        hdf5_space(
+            out,
+            _written_bytes((total,) + frame_shape, GROUPS),
+            f"a compact set of {total} frames",
+            reported_as=output_file,
+        ),
+    ):
         out.attrs[MARKER] = __version__
-        out.attrs.update(_provenance(source_file=str(Path(ts.filename).resolve()),
-                                     shuffle=shuffle, augment=augment,
-                                     seed=-1 if seed is None else seed))
+        out.attrs.update(
+            _provenance(
+                source_file=str(Path(ts.filename).resolve()),
+                shuffle=shuffle,
+                augment=augment,
+                seed=-1 if seed is None else seed,
+            )
+        )
         out.attrs["sources"] = ", ".join(f"{n} ({k} frames)" for n, k in zip(names, lengths))
-        written = {g: out.create_group(g).create_dataset(
-            g, shape=(total,) + frame_shape + (1,), chunks=(1,) + frame_shape + (1,),
-            dtype=ts[g][names[0]].dtype) for g in GROUPS}
+        written = {
+            g: out.create_group(g).create_dataset(
+                g,
+                shape=(total,) + frame_shape + (1,),
+                chunks=(1,) + frame_shape + (1,),
+                dtype=ts[g][names[0]].dtype,
+            )
+            for g in GROUPS
+        }
         bar = tqdm(total=total, unit="frame", desc="compacting", disable=not progress)
         offset = 0
         for name, length in zip(names, lengths):
             for start in range(0, length, chunk):
                 stop = min(start + chunk, length)
-                where = destination[offset + start:offset + stop]
+                where = destination[offset + start : offset + stop]
                 order = np.argsort(where)
                 block = {g: ts[g][name][start:stop] for g in GROUPS}
                 if augment:
@@ -523,18 +618,23 @@ def _compact(ts, output_file, shuffle, augment, seed, progress):
 def _compatible_sources(ts):
     names = [n for n in ts.names("input") if all(n in ts.names(g) for g in GROUPS[1:])]
     if not names:
-        raise TrainingSetError(f"{ts.filename}: no dataset present in all of input/, target/ "
-                               "and seg_map/ - nothing to compact")
+        raise TrainingSetError(
+            f"{ts.filename}: no dataset present in all of input/, target/ "
+            "and seg_map/ - nothing to compact"
+        )
     frame_shape = ts["input"][names[0]].shape[1:3]
     for name in names:
         shapes = {g: ts[g][name].shape for g in GROUPS}
         if len(set(shapes.values())) != 1:
-            raise ShapeMismatchError(f"{ts.filename}: dataset '{name}' has shapes {shapes} in "
-                                     "its groups; they must agree")
+            raise ShapeMismatchError(
+                f"{ts.filename}: dataset '{name}' has shapes {shapes} in "
+                "its groups; they must agree"
+            )
         if shapes["input"][1:3] != frame_shape:
             raise ShapeMismatchError(
                 f"{ts.filename}: frame sizes differ: '{names[0]}' has {frame_shape}, "
-                f"'{name}' has {shapes['input'][1:3]}; a compact set needs one frame size")
+                f"'{name}' has {shapes['input'][1:3]}; a compact set needs one frame size"
+            )
     return names, tuple(frame_shape)
 
 
@@ -547,7 +647,7 @@ def _augment(frames, rng):
 def _write_rows(dataset, rows, values):
     """Write ``values[k]`` to ``dataset[rows[k]]``; ``rows`` sorted ascending."""
     if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
-        dataset[rows[0]:rows[-1] + 1] = values
+        dataset[rows[0] : rows[-1] + 1] = values
         return
     for row, value in zip(rows, values):
         dataset[row] = value

@@ -43,18 +43,22 @@ class Envelope:
 
     def to_dict(self):
         """JSON-serialisable form (stored in a model's config)."""
-        return {"psf_sigma_px": list(self.psf_sigma_px),
-                "emitters_per_frame": list(self.emitters_per_frame),
-                "description": self.description}
+        return {
+            "psf_sigma_px": list(self.psf_sigma_px),
+            "emitters_per_frame": list(self.emitters_per_frame),
+            "description": self.description,
+        }
 
     @classmethod
     def from_dict(cls, values):
         """Inverse of :meth:`to_dict`; None for None."""
         if values is None:
             return None
-        return cls(tuple(float(v) for v in values["psf_sigma_px"]),
-                   tuple(float(v) for v in values["emitters_per_frame"]),
-                   str(values.get("description", "")))
+        return cls(
+            tuple(float(v) for v in values["psf_sigma_px"]),
+            tuple(float(v) for v in values["emitters_per_frame"]),
+            str(values.get("description", "")),
+        )
 
     def psf_flag(self, sigma):
         """'psf_narrow', 'psf_wide' or '' for an estimated PSF width (NaN: '')."""
@@ -94,8 +98,8 @@ def estimate_psf_sigma(frames, min_z=MIN_Z):
     pixels) whose response exceeds ``min_z`` standard deviations of that
     scale's response to the frame's pixel noise is a spot (the filters
     integrate to zero, so flat background responds 0), and its scale is found
-    by a parabola through the responses around the best (in log scale). The median spot variance, less
-    the pixel's 1/12 px², gives sigma.
+    by a parabola through the responses around the best (in log scale). The
+    median spot variance, less the pixel's 1/12 px², gives sigma.
 
     Parameters
     ----------
@@ -146,9 +150,9 @@ def _log_filters(height, width):
     """
     ky = 2 * math.pi * np.fft.fftfreq(height)[:, None]
     kx = 2 * math.pi * np.fft.fftfreq(width)[None, :]
-    k2 = ky ** 2 + kx ** 2
+    k2 = ky**2 + kx**2
     full = np.stack([s * s * k2 * np.exp(-0.5 * s * s * k2) for s in SCALES])
-    gains = np.sqrt((full ** 2).mean(axis=(1, 2)))
+    gains = np.sqrt((full**2).mean(axis=(1, 2)))
     return full[:, :, : width // 2 + 1].astype(np.complex64), gains
 
 
@@ -158,18 +162,22 @@ def _spot_scales(frames, min_z):
     pad = min(8, h - 1, w - 1)
     # Mirror padding (no wrap-around at the edges) up to sizes the FFT is fast at.
     fast_h, fast_w = (scipy.fft.next_fast_len(n + 2 * pad, real=True) for n in (h, w))
-    padded = np.pad(frames, ((0, 0), (pad, fast_h - h - pad), (pad, fast_w - w - pad)),
-                    mode="reflect")
+    padded = np.pad(
+        frames, ((0, 0), (pad, fast_h - h - pad), (pad, fast_w - w - pad)), mode="reflect"
+    )
     filters, gains = _log_filters(*padded.shape[1:])
     spectrum = scipy.fft.rfft2(padded)  # float32 in, complex64 out
     responses = scipy.fft.irfft2(spectrum[None] * filters[:, None], s=padded.shape[1:])
-    responses = responses[:, :, pad:pad + h, pad:pad + w]  # (S, k, h, w) float32
+    responses = responses[:, :, pad : pad + h, pad : pad + w]  # (S, k, h, w) float32
     # White pixel noise (from neighbouring-pixel differences, blind to smooth
     # signal) through each filter sets the threshold, so crowded frames do not raise it.
     noise = 1.4826 * np.median(np.abs(np.diff(frames, axis=2)), axis=(1, 2)) / math.sqrt(2)
     # The filters integrate to zero: a flat background responds 0, no centring needed.
-    threshold = min_z * np.maximum(noise, 1e-12)[None, :, None, None] * \
-        gains[:, None, None, None].astype(np.float32)
+    threshold = (
+        min_z
+        * np.maximum(noise, 1e-12)[None, :, None, None]
+        * gains[:, None, None, None].astype(np.float32)
+    )
     candidate = responses > threshold
     candidate[0], candidate[-1] = False, False  # the scale must be bracketed
     candidate[:, :, :2], candidate[:, :, -2:] = False, False
@@ -231,7 +239,7 @@ class EnvelopeCheck:
         step = max(1, (2 * 64 * 64) // (sample.shape[1] * sample.shape[2]))
         scales = []
         for start in range(0, len(sample), step):
-            scales.append(_checked_spot_scales(sample[start:start + step]))
+            scales.append(_checked_spot_scales(sample[start : start + step]))
             if sum(len(x) for x in scales) >= ENOUGH_SPOTS:
                 break
         self._psf[int(frames[0])] = _median_sigma(np.concatenate(scales))
@@ -255,9 +263,15 @@ class EnvelopeCheck:
         psf = self.envelope.psf_flag(sigma)
         counts = np.asarray(density).sum(axis=(1, 2, 3), dtype=np.float64)
         dense = self.envelope.density_flags(counts, self.frame_shape[0] * self.frame_shape[1])
-        self.chunks.append({"frames": (int(frames[0]), int(frames[-1])), "psf_sigma_px": sigma,
-                            "n_spots": n_spots, "flag": psf,
-                            "n_dense": int((dense != "").sum())})
+        self.chunks.append(
+            {
+                "frames": (int(frames[0]), int(frames[-1])),
+                "psf_sigma_px": sigma,
+                "n_spots": n_spots,
+                "flag": psf,
+                "n_dense": int((dense != "").sum()),
+            }
+        )
         return np.array(["+".join(f for f in (psf, d) if f) for d in dense], dtype=object)
 
     def _sample(self, raw):
@@ -270,7 +284,7 @@ class EnvelopeCheck:
             side_h = min(h, max(16, int(math.sqrt(budget * h / w))))
             side_w = min(w, max(16, budget // side_h))
             r0, c0 = (h - side_h) // 2, (w - side_w) // 2
-            picked = picked[:, r0:r0 + side_h, c0:c0 + side_w]
+            picked = picked[:, r0 : r0 + side_h, c0 : c0 + side_w]
         return picked
 
     def summary(self):
@@ -278,16 +292,22 @@ class EnvelopeCheck:
         parts = []
         flagged = [c for c in self.chunks if c["flag"]]
         if flagged:
-            ranges = ", ".join(f"{c['frames'][0] + 1}-{c['frames'][1] + 1} "
-                               f"(sigma ~{c['psf_sigma_px']:.2f} px)" for c in flagged[:5])
+            ranges = ", ".join(
+                f"{c['frames'][0] + 1}-{c['frames'][1] + 1} (sigma ~{c['psf_sigma_px']:.2f} px)"
+                for c in flagged[:5]
+            )
             more = f" and {len(flagged) - 5} more chunks" if len(flagged) > 5 else ""
             low, high = self.envelope.psf_sigma_px
-            parts.append(f"frames {ranges}{more} have a PSF width outside the model's "
-                         f"training envelope (sigma {low:g}-{high:g} px)")
+            parts.append(
+                f"frames {ranges}{more} have a PSF width outside the model's "
+                f"training envelope (sigma {low:g}-{high:g} px)"
+            )
         n_dense = sum(c["n_dense"] for c in self.chunks)
         if n_dense:
-            parts.append(f"{n_dense} frames are denser than the envelope's "
-                         f"{self.envelope.emitters_per_frame[1]:g} emitters per 64 x 64 px")
+            parts.append(
+                f"{n_dense} frames are denser than the envelope's "
+                f"{self.envelope.emitters_per_frame[1]:g} emitters per 64 x 64 px"
+            )
         if not parts:
             return ""
         return "; ".join(parts) + ": their counts may be biased (see the flag column)"

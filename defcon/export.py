@@ -50,7 +50,7 @@ FIJI_README = "README.txt"
 # (1 + 2**-22 is representable, 1 / (1 + x) < 1 for every such x, and
 # 1 / inf == 0). Without the scale, spans below about 6e-8 would round 1 + span
 # to 1 and be taken for flat frames.
-_FLAT_SCALE = 2.0 ** 127
+_FLAT_SCALE = 2.0**127
 
 
 # --------------------------------------------------------------------------- the network
@@ -78,14 +78,20 @@ def _network_spec(model):
 
     kind = getattr(model, "output_kind", None)
     if kind is None:
-        raise ExportError(f"cannot export a {type(model).__name__}: expected a defcon FCN "
-                          "(defcon.FCN or FCN.from_file)")
+        raise ExportError(
+            f"cannot export a {type(model).__name__}: expected a defcon FCN "
+            "(defcon.FCN or FCN.from_file)"
+        )
     if kind not in EXPORTABLE_KINDS:
-        hints = {"both": " (use model.with_output('density'))",
-                 "seg": " (a segmentation network gives probabilities, not counts: load or "
-                        "train the density stage)"}
-        raise ExportError(f"model '{model.name}' outputs '{kind}'; only 'density' and "
-                          f"'max_count' networks can be exported{hints.get(kind, '')}")
+        hints = {
+            "both": " (use model.with_output('density'))",
+            "seg": " (a segmentation network gives probabilities, not counts: load or "
+            "train the density stage)",
+        }
+        raise ExportError(
+            f"model '{model.name}' outputs '{kind}'; only 'density' and "
+            f"'max_count' networks can be exported{hints.get(kind, '')}"
+        )
     # An FCN is a chain of layers (defcon.models.defcon_graph): model.layers is
     # in graph order.
     steps = []
@@ -114,18 +120,23 @@ def _network_spec(model):
             if activation not in ("relu", "sigmoid", "linear"):
                 problems.append(f"activation {activation!r}")
             if problems:
-                raise ExportError(f"model '{model.name}': layer '{layer.name}' cannot be "
-                                  f"exported: {', '.join(problems)}")
+                raise ExportError(
+                    f"model '{model.name}': layer '{layer.name}' cannot be "
+                    f"exported: {', '.join(problems)}"
+                )
             weights = [w.astype("float32") for w in layer.get_weights()]
             bias = weights[1] if len(weights) == 2 else None
             stride = int(tuple(config["strides"])[0])
-            steps.append(("deconv" if deconv else "conv", layer.name, weights[0], bias, stride,
-                          activation))
+            steps.append(
+                ("deconv" if deconv else "conv", layer.name, weights[0], bias, stride, activation)
+            )
         elif isinstance(layer, MaxLocalCount):
             steps.append(("box_max", layer.name, tuple(layer.pool_size), tuple(layer.strides)))
         else:
-            raise ExportError(f"model '{model.name}': layer '{layer.name}' of type "
-                              f"{type(layer).__name__} cannot be exported")
+            raise ExportError(
+                f"model '{model.name}': layer '{layer.name}' of type "
+                f"{type(layer).__name__} cannot be exported"
+            )
     return kind, steps
 
 
@@ -169,19 +180,33 @@ def _forward(x, steps, division=None):
                     # the input's dynamic shape: any frame size works.
                     shape = raw.Shape(input=x, out_type=tf.int32)
 
-                    def dim(i):
+                    def dim(i, shape=shape):
                         return raw.StridedSlice(
-                            input=shape, begin=tf.constant([i], tf.int32),
+                            input=shape,
+                            begin=tf.constant([i], tf.int32),
                             end=tf.constant([i + 1], tf.int32),
-                            strides=tf.constant([1], tf.int32), shrink_axis_mask=1)
+                            strides=tf.constant([1], tf.int32),
+                            shrink_axis_mask=1,
+                        )
 
                     factor = tf.constant(stride, tf.int32, name="stride")
-                    size = raw.Pack(values=[
-                        dim(0), raw.Mul(x=dim(1), y=factor), raw.Mul(x=dim(2), y=factor),
-                        tf.constant(int(kernel.shape[2]), tf.int32, name="filters")],
-                        axis=0, name="output_size")
-                    x = raw.Conv2DBackpropInput(input_sizes=size, filter=weights, out_backprop=x,
-                                                strides=strides, padding="SAME")
+                    size = raw.Pack(
+                        values=[
+                            dim(0),
+                            raw.Mul(x=dim(1), y=factor),
+                            raw.Mul(x=dim(2), y=factor),
+                            tf.constant(int(kernel.shape[2]), tf.int32, name="filters"),
+                        ],
+                        axis=0,
+                        name="output_size",
+                    )
+                    x = raw.Conv2DBackpropInput(
+                        input_sizes=size,
+                        filter=weights,
+                        out_backprop=x,
+                        strides=strides,
+                        padding="SAME",
+                    )
                 if bias is not None:
                     x = raw.BiasAdd(value=x, bias=const(bias, "bias"))
                 if activation == "relu":
@@ -191,8 +216,12 @@ def _forward(x, steps, division=None):
         elif step[0] == "box_max":
             _, name, pool, strides = step
             with tf.name_scope(name):
-                mean = raw.AvgPool(value=x, ksize=[1, pool[0], pool[1], 1],
-                                   strides=[1, strides[0], strides[1], 1], padding="VALID")
+                mean = raw.AvgPool(
+                    value=x,
+                    ksize=[1, pool[0], pool[1], 1],
+                    strides=[1, strides[0], strides[1], 1],
+                    padding="VALID",
+                )
                 total = raw.Mul(x=mean, y=const(float(pool[0] * pool[1]), "area"))
                 x = raw.Max(input=total, axis=tf.constant([1, 2], tf.int32), keep_dims=False)
     if division is not None:
@@ -235,7 +264,8 @@ def _staged_folder(target, allowed_names):
             raise UnsupportedFileError(
                 f"{target}: exists and is not an export defcon may replace (expected an empty "
                 f"folder or one holding only {', '.join(sorted(allowed_names))}); choose a new "
-                "name or remove it")
+                "name or remove it"
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
@@ -298,8 +328,8 @@ def save_tf1_model(model, export_dir, division=None):
 
     Examples
     --------
-    >>> model = FCN.from_file("defcon_tf13.h5")
-    >>> save_tf1_model(model, "Fiji.app/plugins/DEFCoN/tf_density_count")
+    >>> model = FCN.from_file("defcon_tf13.h5")  # doctest: +SKIP
+    >>> save_tf1_model(model, "Fiji.app/plugins/DEFCoN/tf_density_count")  # doctest: +SKIP
     """
     import tensorflow as tf
 
@@ -312,12 +342,16 @@ def save_tf1_model(model, export_dir, division=None):
             x = tf.compat.v1.placeholder(tf.float32, (None, None, None, 1), name=INPUT_NAME)
             y = tf.identity(_forward(x, steps, division), name=OUTPUT_NAME)
             signature = tf.compat.v1.saved_model.signature_def_utils.predict_signature_def(
-                inputs={INPUT_NAME: x}, outputs={EXPORTABLE_KINDS[kind]: y})
+                inputs={INPUT_NAME: x}, outputs={EXPORTABLE_KINDS[kind]: y}
+            )
             with tf.compat.v1.Session(graph=graph) as session:
                 builder = tf.compat.v1.saved_model.Builder(str(tmp))
                 builder.add_meta_graph_and_variables(
-                    session, [SERVE_TAG], signature_def_map={"serving_default": signature},
-                    strip_default_attrs=True)
+                    session,
+                    [SERVE_TAG],
+                    signature_def_map={"serving_default": signature},
+                    strip_default_attrs=True,
+                )
                 builder.save()
     log.info("saved TensorFlow 1.x %s model to %s", kind, export_dir)
     return export_dir
@@ -351,9 +385,9 @@ def save_tf2_model(model, export_dir):
 
     Examples
     --------
-    >>> save_tf2_model(model, "density_tf2")
-    >>> serve = tf.saved_model.load("density_tf2").signatures["serving_default"]
-    >>> serve(input_tensor=frames)["density"]
+    >>> save_tf2_model(model, "density_tf2")  # doctest: +SKIP
+    >>> serve = tf.saved_model.load("density_tf2").signatures["serving_default"]  # doctest: +SKIP
+    >>> serve(input_tensor=frames)["density"]  # doctest: +SKIP
     """
     import tensorflow as tf
 
@@ -362,8 +396,9 @@ def save_tf2_model(model, export_dir):
     export_dir = Path(export_dir)
 
     class _Serving(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32,
-                                                    name=INPUT_NAME)])
+        @tf.function(
+            input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32, name=INPUT_NAME)]
+        )
         def serve(self, input_tensor):
             return {key: tf.identity(_forward(input_tensor, steps), name=key)}
 
@@ -377,8 +412,9 @@ def save_tf2_model(model, export_dir):
 def _fiji_readme(model_name, box, division):
     from . import __version__
 
-    division_note = (f"Both outputs are divided by {division:g} (--division).\n"
-                     if division is not None else "")
+    division_note = (
+        f"Both outputs are divided by {division:g} (--division).\n" if division is not None else ""
+    )
     return f"""DEFCoN models for Fiji, exported by defcon {__version__} from '{model_name}'.
 
 Install: copy this DEFCoN folder into Fiji.app/plugins/ (so that you have
@@ -437,7 +473,7 @@ def export_fiji(model, out_dir, box=7, division=None):
 
     Examples
     --------
-    >>> export_fiji("model.keras", "Fiji.app/plugins")
+    >>> export_fiji("model.keras", "Fiji.app/plugins")  # doctest: +SKIP
     PosixPath('Fiji.app/plugins/DEFCoN')
     """
     from .networks import FCN
@@ -456,8 +492,9 @@ def export_fiji(model, out_dir, box=7, division=None):
     with _staged_folder(target, (FIJI_DENSITY, FIJI_MAX_COUNT, FIJI_README)) as tmp:
         tmp.mkdir()
         save_tf1_model(model, tmp / FIJI_DENSITY, division=division)
-        save_tf1_model(model.with_max_count(pool=(box, box)), tmp / FIJI_MAX_COUNT,
-                       division=division)
+        save_tf1_model(
+            model.with_max_count(pool=(box, box)), tmp / FIJI_MAX_COUNT, division=division
+        )
         (tmp / FIJI_README).write_text(_fiji_readme(model.name, box, division), encoding="utf-8")
     log.info("wrote the Fiji folder %s", target)
     return target

@@ -42,8 +42,9 @@ def atomic_path(path, suffix=None):
     suffix = "".join(path.suffixes) if suffix is None else suffix
     stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
     remove_stale_temporaries(path.parent, stem)
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.defcon-{os.getpid()}-",
-                               suffix=".tmp" + suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{stem}.defcon-{os.getpid()}-", suffix=".tmp" + suffix, dir=path.parent
+    )
     os.close(fd)
     os.unlink(tmp)
     tmp = Path(tmp)
@@ -53,8 +54,10 @@ def atomic_path(path, suffix=None):
     except BaseException as err:
         _remove(tmp)
         if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
-            raise DiskFullError(f"{path}: the disk is full ({err.strerror}); nothing was "
-                                "written, free some space and run again") from err
+            raise DiskFullError(
+                f"{path}: the disk is full ({err.strerror}); nothing was "
+                "written, free some space and run again"
+            ) from err
         raise
 
 
@@ -148,11 +151,15 @@ def check_output(output, inputs=(), *, same_kind=None, overwrite=False, what="ou
     output = Path(output)
     for source in inputs:
         if source is not None and _same_file(output, Path(source)):
-            raise OverwriteError(f"{output}: this {what} is also an input of the command "
-                                 f"({source}); choose another path")
+            raise OverwriteError(
+                f"{output}: this {what} is also an input of the command "
+                f"({source}); choose another path"
+            )
     if output.exists() and not overwrite and (same_kind is None or not same_kind(output)):
-        raise OverwriteError(f"{output}: exists and is not a {what} written by defcon; "
-                             "remove it or pass --overwrite to replace it")
+        raise OverwriteError(
+            f"{output}: exists and is not a {what} written by defcon; "
+            "remove it or pass --overwrite to replace it"
+        )
 
 
 def _same_file(a, b):
@@ -257,5 +264,7 @@ def _free_space(path):
 
 
 def _disk_full(path, needed_bytes, what, folder, free):
-    return DiskFullError(f"{path}: writing {what} needs about {needed_bytes / 2**20:,.0f} MiB "
-                         f"but {folder} has {free / 2**20:,.0f} MiB free")
+    return DiskFullError(
+        f"{path}: writing {what} needs about {needed_bytes / 2**20:,.0f} MiB "
+        f"but {folder} has {free / 2**20:,.0f} MiB free"
+    )

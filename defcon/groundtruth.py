@@ -25,8 +25,14 @@ from scipy.special import erf
 
 from .errors import GroundTruthError, GroundTruthWarning, MissingFileError, UnsupportedFileError
 
-__all__ = ["read_ground_truth", "read_emitters", "Emitters", "density_stack", "segmentation_stack",
-           "count_per_frame"]
+__all__ = [
+    "read_ground_truth",
+    "read_emitters",
+    "Emitters",
+    "density_stack",
+    "segmentation_stack",
+    "count_per_frame",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +101,9 @@ def read_ground_truth(ground_truth, n_frames=None, height=None, width=None):
     [1, 2]
     """
     parts = []
-    for _, table, columns, inside in _validated_chunks(ground_truth, n_frames, height, width,
-                                                       stacklevel=3):
+    for _, table, columns, inside in _validated_chunks(
+        ground_truth, n_frames, height, width, stacklevel=3
+    ):
         # Build each part from arrays once: assigning columns one by one into a copy
         # made pandas consolidate blocks repeatedly (seconds for millions of rows).
         data = {name: columns.get(name, table[name].array) for name in table.columns}
@@ -131,8 +138,9 @@ class Emitters:
         threshold; None if there is none.
     """
 
-    def __init__(self, label, n_frames, height, width, brightness_threshold, starts, x, y,
-                 brightest):
+    def __init__(
+        self, label, n_frames, height, width, brightness_threshold, starts, x, y, brightest
+    ):
         self.label, self.n_frames, self.height, self.width = label, n_frames, height, width
         self.brightness_threshold, self.brightest = brightness_threshold, brightest
         self.starts, self.x, self.y = starts, x, y
@@ -141,8 +149,10 @@ class Emitters:
         return int(self.starts[-1])
 
     def __repr__(self):
-        return (f"<Emitters {len(self)} from {self.label} for {self.n_frames} frames of "
-                f"{self.width} x {self.height}, brightness > {self.brightness_threshold}>")
+        return (
+            f"<Emitters {len(self)} from {self.label} for {self.n_frames} frames of "
+            f"{self.width} x {self.height}, brightness > {self.brightness_threshold}>"
+        )
 
     def _check(self, n_frames, height, width, brightness_threshold):
         used = (n_frames, height, width, brightness_threshold)
@@ -150,7 +160,8 @@ class Emitters:
         if used != read:
             raise GroundTruthError(
                 f"{self.label}: emitters read for (n_frames, height, width, "
-                f"brightness_threshold) = {read} cannot be used for {used}; read them again")
+                f"brightness_threshold) = {read} cannot be used for {used}; read them again"
+            )
 
 
 def read_emitters(ground_truth, n_frames, height=None, width=None, brightness_threshold=250):
@@ -198,8 +209,9 @@ def read_emitters(ground_truth, n_frames, height=None, width=None, brightness_th
     >>> len(emitters), emitters.starts.tolist(), emitters.x.tolist()
     (2, [0, 0, 2], [3.5, 1.0])
     """
-    return _read_compact(ground_truth, n_frames, height, width, brightness_threshold,
-                         positions=True, stacklevel=3)
+    return _read_compact(
+        ground_truth, n_frames, height, width, brightness_threshold, positions=True, stacklevel=3
+    )
 
 
 def _as_emitters(ground_truth, n_frames, height, width, threshold, positions, stacklevel):
@@ -207,12 +219,14 @@ def _as_emitters(ground_truth, n_frames, height, width, threshold, positions, st
     if isinstance(ground_truth, Emitters):
         ground_truth._check(n_frames, height, width, threshold)
         return ground_truth
-    return _read_compact(ground_truth, n_frames, height, width, threshold, positions,
-                         stacklevel + 1)
+    return _read_compact(
+        ground_truth, n_frames, height, width, threshold, positions, stacklevel + 1
+    )
 
 
-def _read_compact(ground_truth, n_frames, height, width, brightness_threshold, positions,
-                  stacklevel):
+def _read_compact(
+    ground_truth, n_frames, height, width, brightness_threshold, positions, stacklevel
+):
     """:class:`Emitters` from a CSV or DataFrame; without ``positions``, x and y are None.
 
     ``x`` and ``y`` are allocated for every line of the CSV at once: only the
@@ -223,8 +237,9 @@ def _read_compact(ground_truth, n_frames, height, width, brightness_threshold, p
     counts = np.zeros(n_frames, dtype=np.int64)
     x = y = frames = None  # 0-based frames per emitter, only once they are out of order
     n, last, brightest = 0, 0, -np.inf
-    for label, table, columns, inside in _validated_chunks(ground_truth, n_frames, height, width,
-                                                           stacklevel + 1):
+    for label, _table, columns, inside in _validated_chunks(  # noqa: B007 - label used below
+        ground_truth, n_frames, height, width, stacklevel + 1
+    ):
         if inside.any():
             brightest = max(brightest, float(columns["brightness"][inside].max()))
         keep = inside & _bright(columns, threshold)
@@ -234,13 +249,16 @@ def _read_compact(ground_truth, n_frames, height, width, brightness_threshold, p
             if x is None:
                 capacity = _max_rows(ground_truth)
                 x, y = np.empty(capacity), np.empty(capacity)
-            if frames is None and k and (chunk_frames[0] < last
-                                         or np.any(chunk_frames[1:] < chunk_frames[:-1])):
+            if (
+                frames is None
+                and k
+                and (chunk_frames[0] < last or np.any(chunk_frames[1:] < chunk_frames[:-1]))
+            ):
                 frames = np.empty(len(x), dtype=np.int32)
                 frames[:n] = np.repeat(np.arange(n_frames, dtype=np.int32), counts)
             if frames is not None:
-                frames[n:n + k] = chunk_frames
-            x[n:n + k], y[n:n + k] = columns["x"][keep], columns["y"][keep]
+                frames[n : n + k] = chunk_frames
+            x[n : n + k], y[n : n + k] = columns["x"][keep], columns["y"][keep]
             n, last = n + k, chunk_frames[-1] if k else last
         counts += np.bincount(chunk_frames, minlength=n_frames)
     if positions:
@@ -251,8 +269,17 @@ def _read_compact(ground_truth, n_frames, height, width, brightness_threshold, p
             x[:] = x[order]
             y[:] = y[order]
     starts = np.concatenate([[0], np.cumsum(counts)])
-    return Emitters(label, n_frames, height, width, threshold, starts, x, y,
-                    brightest if np.isfinite(brightest) else None)
+    return Emitters(
+        label,
+        n_frames,
+        height,
+        width,
+        threshold,
+        starts,
+        x,
+        y,
+        brightest if np.isfinite(brightest) else None,
+    )
 
 
 def _max_rows(ground_truth):
@@ -280,14 +307,16 @@ def _validated_chunks(ground_truth, n_frames, height, width, stacklevel):
     width = _positive_int(width, "width", optional=True)
     outside = _Outside(height, width)
     for table, label, where in _chunks(ground_truth):
-        columns = {name: _numeric_column(table[name], name, label, where)
-                   for name in REQUIRED_COLUMNS}
+        columns = {
+            name: _numeric_column(table[name], name, label, where) for name in REQUIRED_COLUMNS
+        }
         _check_frames(columns["frame"], table.index, n_frames, label, where)
         columns["frame"] = columns["frame"].astype(np.int64)
         yield label, table, columns, outside.add(columns["x"], columns["y"])
     outside.finish(label, stacklevel + 1)
-    logger.debug("%s: %d emitters, %d inside the frame", label, outside.total,
-                 outside.total - outside.out)
+    logger.debug(
+        "%s: %d emitters, %d inside the frame", label, outside.total, outside.total - outside.out
+    )
 
 
 def _chunks(ground_truth):
@@ -311,8 +340,9 @@ def _chunks(ground_truth):
     try:
         # Blank lines are kept as all-NaN rows so that index + 2 is the line number
         # (the index runs on from chunk to chunk).
-        with pd.read_csv(path, skip_blank_lines=False, chunksize=_CHUNK_ROWS,
-                         low_memory=False) as reader:
+        with pd.read_csv(
+            path, skip_blank_lines=False, chunksize=_CHUNK_ROWS, low_memory=False
+        ) as reader:
             for table in reader:
                 table.columns = [str(name).strip() for name in table.columns]
                 _check_columns(table.columns, path)
@@ -321,7 +351,8 @@ def _chunks(ground_truth):
         raise GroundTruthError(f"{path}: the file is empty; {_HEADER_HINT}") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise UnsupportedFileError(
-            f"{path}: cannot be read as CSV ({exc}); {_HEADER_HINT}") from None
+            f"{path}: cannot be read as CSV ({exc}); {_HEADER_HINT}"
+        ) from None
 
 
 def _check_columns(columns, label):
@@ -329,7 +360,8 @@ def _check_columns(columns, label):
     if missing:
         found = ", ".join(map(str, columns)) or "none"
         raise GroundTruthError(
-            f"{label}: missing column(s) {missing} (found: {found}); {_HEADER_HINT}")
+            f"{label}: missing column(s) {missing} (found: {found}); {_HEADER_HINT}"
+        )
 
 
 def _numeric_column(column, name, label, where):
@@ -341,7 +373,8 @@ def _numeric_column(column, name, label, where):
         what = "no value" if pd.isna(raw) else f"the value {raw!r}"
         where_ = where(column.index[first])
         raise GroundTruthError(
-            f"{label}: column {name!r} has {what} at {where_}; expected a finite number")
+            f"{label}: column {name!r} has {what} at {where_}; expected a finite number"
+        )
     return values
 
 
@@ -358,7 +391,8 @@ def _check_frames(frames, index, n_frames, label, where):
             first = int(np.argmax(bad))
             where_ = where(index[first])
             raise GroundTruthError(
-                f"{label}: column 'frame' at {where_}: frame {frames[first]:g} {problem}")
+                f"{label}: column 'frame' at {where_}: frame {frames[first]:g} {problem}"
+            )
 
 
 class _Outside:
@@ -377,8 +411,9 @@ class _Outside:
         if self.height is not None:
             inside &= (y >= 0) & (y < self.height)
         if self.width and self.height and len(x):
-            self.swapped += int(np.count_nonzero((y >= 0) & (y < self.width)
-                                                 & (x >= 0) & (x < self.height)))
+            self.swapped += int(
+                np.count_nonzero((y >= 0) & (y < self.width) & (x >= 0) & (x < self.height))
+            )
             self.x_max, self.y_max = max(self.x_max, x.max()), max(self.y_max, y.max())
         self.total += len(x)
         self.out += len(x) - int(np.count_nonzero(inside))
@@ -388,14 +423,22 @@ class _Outside:
         """Raise if most emitters lie outside the frame, else warn about those dropped."""
         out, total = self.out, self.total
         if out > 0.5 * total and out >= 3:
-            raise GroundTruthError(f"{label}: {out} of {total} emitters lie outside the "
-                                   f"{self.width} x {self.height} frame; {self._likely_cause()}")
+            raise GroundTruthError(
+                f"{label}: {out} of {total} emitters lie outside the "
+                f"{self.width} x {self.height} frame; {self._likely_cause()}"
+            )
         if out:
-            bounds = [f"0 <= {axis} < {size}"
-                      for axis, size in (("x", self.width), ("y", self.height)) if size]
-            warnings.warn(f"{label}: dropped {out} of {total} emitters whose centre lies outside "
-                          f"the frame ({', '.join(bounds)})", GroundTruthWarning,
-                          stacklevel=stacklevel)
+            bounds = [
+                f"0 <= {axis} < {size}"
+                for axis, size in (("x", self.width), ("y", self.height))
+                if size
+            ]
+            warnings.warn(
+                f"{label}: dropped {out} of {total} emitters whose centre lies outside "
+                f"the frame ({', '.join(bounds)})",
+                GroundTruthWarning,
+                stacklevel=stacklevel,
+            )
 
     def _likely_cause(self):
         """A guess at why positions miss the frame, for the error message."""
@@ -403,14 +446,24 @@ class _Outside:
             if self.swapped > 0.9 * self.total:
                 return "x and y look swapped (x is the column, y the row)"
             if self.x_max > 10 * self.width or self.y_max > 10 * self.height:
-                return ("positions look like nanometres: frame loggers give x and y in pixels "
-                        "(divide by the pixel size in nm)")
+                return (
+                    "positions look like nanometres: frame loggers give x and y in pixels "
+                    "(divide by the pixel size in nm)"
+                )
         return "check that x and y are in pixels of this stack (x = column, y = row)"
 
 
 # --------------------------------------------------------------------------- maps
-def density_stack(ground_truth, n_frames, height, width, sigma=1.0,
-                  brightness_threshold=250, kernel="integrated", frame_range=None):
+def density_stack(
+    ground_truth,
+    n_frames,
+    height,
+    width,
+    sigma=1.0,
+    brightness_threshold=250,
+    kernel="integrated",
+    frame_range=None,
+):
     """Density maps: one Gaussian of unit mass per emitter brighter than a threshold.
 
     Parameters
@@ -475,11 +528,12 @@ def density_stack(ground_truth, n_frames, height, width, sigma=1.0,
     if kernel not in KERNELS:
         raise GroundTruthError(f"kernel must be 'integrated' or 'sampled', got {kernel!r}")
     start, stop = _frame_range(frame_range, n_frames)
-    emitters = _as_emitters(ground_truth, n_frames, height, width, threshold, positions=True,
-                            stacklevel=3)
+    emitters = _as_emitters(
+        ground_truth, n_frames, height, width, threshold, positions=True, stacklevel=3
+    )
 
     rows = slice(emitters.starts[start], emitters.starts[stop])
-    frames = np.repeat(np.arange(stop - start), np.diff(emitters.starts[start:stop + 1]))
+    frames = np.repeat(np.arange(stop - start), np.diff(emitters.starts[start : stop + 1]))
     out = np.zeros((stop - start, height, width), dtype=np.float32)
     if len(frames):
         rows0, wy = _axis_weights(emitters.y[rows], height, float(sigma), kernel)
@@ -573,8 +627,9 @@ def count_per_frame(ground_truth, n_frames, brightness_threshold=250, *, height=
     """
     n_frames = _positive_int(n_frames, "n_frames")
     threshold = _threshold(brightness_threshold)
-    emitters = _as_emitters(ground_truth, n_frames, height, width, threshold, positions=False,
-                            stacklevel=3)
+    emitters = _as_emitters(
+        ground_truth, n_frames, height, width, threshold, positions=False, stacklevel=3
+    )
     return np.diff(emitters.starts)
 
 
@@ -617,6 +672,8 @@ def _frame_range(frame_range, n_frames):
     except (TypeError, ValueError):
         start = stop = None
     if start is None or not 0 <= start <= stop <= n_frames:
-        raise GroundTruthError(f"frame_range must be (start, stop) with 0 <= start <= stop <= "
-                               f"n_frames ({n_frames}), got {frame_range!r}")
+        raise GroundTruthError(
+            f"frame_range must be (start, stop) with 0 <= start <= stop <= "
+            f"n_frames ({n_frames}), got {frame_range!r}"
+        )
     return start, stop

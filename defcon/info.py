@@ -29,16 +29,20 @@ def describe(path):
     if path.suffix == ".keras":
         return _describe_model(path)
     if not h5py.is_hdf5(path):
-        raise UnsupportedFileError(f"{path}: not a file defcon knows (expected an HDF5 "
-                                   "training set, a .keras / .h5 model or a model package)")
+        raise UnsupportedFileError(
+            f"{path}: not a file defcon knows (expected an HDF5 "
+            "training set, a .keras / .h5 model or a model package)"
+        )
     with h5py.File(path, "r") as f:
         is_set = MARKER in f.attrs
     if not is_set:
         return _describe_model(path)
     with TrainingSet(path, "r") as ts:
         lengths = ts.frame_counts()["input"]
-        lines = [f"{path}: defcon training set, {len(lengths)} dataset(s), "
-                 f"{sum(lengths.values())} frames"]
+        lines = [
+            f"{path}: defcon training set, {len(lengths)} dataset(s), "
+            f"{sum(lengths.values())} frames"
+        ]
         lines += [f"  {key}: {value}" for key, value in ts.attrs.items() if key != MARKER]
         lines.append(ts._tree())
         for group in GROUPS:
@@ -52,15 +56,17 @@ def _describe_model(path):
     from .networks import FCN
 
     model = FCN.from_file(path)
-    return "\n".join([
-        f"{Path(path)}: defcon FCN '{model.name}'",
-        f"  output: {model.output_kind}",
-        f"  parameters: {model.count_params():,}",
-        "  input: (batch, height, width, 1) float32, height and width multiples of 4 "
-        "(predict_stack pads any size)",
-        f"  layers: {', '.join(layer.name for layer in model.layers)}",
-        _envelope_line(model.envelope),
-    ])
+    return "\n".join(
+        [
+            f"{Path(path)}: defcon FCN '{model.name}'",
+            f"  output: {model.output_kind}",
+            f"  parameters: {model.count_params():,}",
+            "  input: (batch, height, width, 1) float32, height and width multiples of 4 "
+            "(predict_stack pads any size)",
+            f"  layers: {', '.join(layer.name for layer in model.layers)}",
+            _envelope_line(model.envelope),
+        ]
+    )
 
 
 def _envelope_line(envelope):

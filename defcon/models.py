@@ -64,11 +64,25 @@ class HistNorm(layers.Layer):
 def _layer(name, kind, filters, kernel, stride, dropout_rate, seed):
     init = keras.initializers.Orthogonal(seed=seed)
     if kind == "conv":
-        return layers.Conv2D(filters, kernel, strides=stride, padding="same", activation="relu",
-                             kernel_initializer=init, name=name)
+        return layers.Conv2D(
+            filters,
+            kernel,
+            strides=stride,
+            padding="same",
+            activation="relu",
+            kernel_initializer=init,
+            name=name,
+        )
     if kind == "deconv":
-        return layers.Conv2DTranspose(filters, kernel, strides=stride, padding="same",
-                                      activation="relu", kernel_initializer=init, name=name)
+        return layers.Conv2DTranspose(
+            filters,
+            kernel,
+            strides=stride,
+            padding="same",
+            activation="relu",
+            kernel_initializer=init,
+            name=name,
+        )
     return layers.Dropout(dropout_rate, seed=seed, name=name)
 
 
@@ -96,15 +110,15 @@ def defcon_graph(output="density", dropout_rate=0.5, seed=None):
     x = HistNorm(name="hist_norm")(inputs)
     for spec in SEG_LAYERS:
         x = _layer(*spec, dropout_rate, seed)(x)
-    seg = layers.Conv2D(1, 1, padding="same", activation="sigmoid", use_bias=False,
-                        name="seg")(x)
+    seg = layers.Conv2D(1, 1, padding="same", activation="sigmoid", use_bias=False, name="seg")(x)
     if output == "seg":
         return inputs, seg
     x = seg
     for spec in DENSITY_LAYERS:
         x = _layer(*spec, dropout_rate, seed)(x)
-    density = layers.Conv2D(1, 1, padding="same", activation="linear", use_bias=False,
-                            name="density")(x)
+    density = layers.Conv2D(
+        1, 1, padding="same", activation="linear", use_bias=False, name="density"
+    )(x)
     if output == "density":
         return inputs, density
     return inputs, {"seg": seg, "density": density}
@@ -127,8 +141,7 @@ class DensityLoss(keras.losses.Loss):
         whose squared errors otherwise dominate; 0 weights frames equally.
     """
 
-    def __init__(self, lambda_factor=0.01, frame_weight_scale=0.0, name="density_loss",
-                 **kwargs):
+    def __init__(self, lambda_factor=0.01, frame_weight_scale=0.0, name="density_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         self.lambda_factor = float(lambda_factor)
         self.frame_weight_scale = float(frame_weight_scale)
@@ -144,8 +157,11 @@ class DensityLoss(keras.losses.Loss):
         return loss
 
     def get_config(self):
-        return {**super().get_config(), "lambda_factor": self.lambda_factor,
-                "frame_weight_scale": self.frame_weight_scale}
+        return {
+            **super().get_config(),
+            "lambda_factor": self.lambda_factor,
+            "frame_weight_scale": self.frame_weight_scale,
+        }
 
 
 @keras.saving.register_keras_serializable(package="defcon")
@@ -228,11 +244,15 @@ def DEFCoN(input_size=(None, None, 1), output="density"):  # noqa: N802 (DEFCoN'
     from .networks import FCN
 
     if tuple(input_size) != (None, None, 1):
-        raise ConfigError(f"DEFCoN(input_size={tuple(input_size)}): defcon networks take frames "
-                          "of any size: drop input_size")
+        raise ConfigError(
+            f"DEFCoN(input_size={tuple(input_size)}): defcon networks take frames "
+            "of any size: drop input_size"
+        )
     if output == "both":
-        raise ConfigError("DEFCoN(output='both') returned [density, seg]; in defcon use "
-                          "FCN(output='both'), which returns {'seg': ..., 'density': ...}")
+        raise ConfigError(
+            "DEFCoN(output='both') returned [density, seg]; in defcon use "
+            "FCN(output='both'), which returns {'seg': ..., 'density': ...}"
+        )
     if output not in ("density", "seg"):
         raise ConfigError(f"DEFCoN(output={output!r}): expected 'density' or 'seg'")
     model = FCN(output=output)

@@ -55,6 +55,7 @@ class FCN(keras.Model):
 
     Examples
     --------
+    >>> import numpy as np
     >>> model = FCN(output="density", seed=0)
     >>> model.predict(np.zeros((1, 64, 48, 1), "float32"), verbose=0).shape
     (1, 64, 48, 1)
@@ -62,12 +63,24 @@ class FCN(keras.Model):
 
     # The positional arguments mirror keras Functional's, so Keras serialises
     # FCN as a functional model (the layer graph), whatever its output.
-    def __init__(self, inputs=None, outputs=None, name="defcon", *, output="density",
-                 dropout_rate=0.5, seed=None, envelope=None, **kwargs):
+    def __init__(
+        self,
+        inputs=None,
+        outputs=None,
+        name="defcon",
+        *,
+        output="density",
+        dropout_rate=0.5,
+        seed=None,
+        envelope=None,
+        **kwargs,
+    ):
         if isinstance(inputs, keras.Model) or "model" in kwargs:
-            raise ConfigError("FCN(model) wrapped a Keras model in the original DEFCoN; a defcon "
-                              "FCN is the model: use FCN(output=...), models.DEFCoN(...) or "
-                              "FCN.from_file(path)")
+            raise ConfigError(
+                "FCN(model) wrapped a Keras model in the original DEFCoN; a defcon "
+                "FCN is the model: use FCN(output=...), models.DEFCoN(...) or "
+                "FCN.from_file(path)"
+            )
         if inputs is None:
             inputs, outputs = models.defcon_graph(output, dropout_rate=dropout_rate, seed=seed)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
@@ -91,8 +104,9 @@ class FCN(keras.Model):
         if isinstance(value, Envelope):
             value = value.to_dict()
         # Kept as text: Keras would track a dict as model state.
-        self._envelope_json = None if value is None else json.dumps(Envelope.from_dict(value)
-                                                                    .to_dict())
+        self._envelope_json = (
+            None if value is None else json.dumps(Envelope.from_dict(value).to_dict())
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -157,7 +171,8 @@ class FCN(keras.Model):
         else:
             raise UnsupportedFileError(
                 f"{path}: not a model file (expected a .keras file or a Keras HDF5 "
-                "model or weights file)")
+                "model or weights file)"
+            )
         if output is not None and model.output_kind != output:
             model = model.with_output(output)
         return model
@@ -189,12 +204,15 @@ class FCN(keras.Model):
             This network has no density stage (a segmentation network).
         """
         if self.output_kind == "seg":
-            raise ExportError(f"model '{self.name}' is a segmentation network: a max-count "
-                              "model needs the density stage (train or load a density model)")
+            raise ExportError(
+                f"model '{self.name}' is a segmentation network: a max-count "
+                "model needs the density stage (train or load a density model)"
+            )
         density = self.get_layer("density").output
         count = models.MaxLocalCount(pool, strides, name="max_local_count")(density)
-        return FCN(inputs=self.input, outputs=count, name=f"{self.name}_max_count",
-                   envelope=self.envelope)
+        return FCN(
+            inputs=self.input, outputs=count, name=f"{self.name}_max_count", envelope=self.envelope
+        )
 
     def density_to_max_count(self, pool=(7, 7), strides=(1, 1)):
         """Convert this FCN to predict the maximum local count, as DEFCoN did.
@@ -224,8 +242,12 @@ class FCN(keras.Model):
         converted = self.with_max_count(pool, strides)
         # Held in a plain object: Keras would track a model attribute as a layer.
         self._conversion = _Conversion(converted)
-        log.info("model '%s' converted to max local count (%dx%d box): predict, predict_tiff, "
-                 "save and save_tf_model now use it", self.name, *converted.layers[-1].pool_size)
+        log.info(
+            "model '%s' converted to max local count (%dx%d box): predict, predict_tiff, "
+            "save and save_tf_model now use it",
+            self.name,
+            *converted.layers[-1].pool_size,
+        )
         return converted
 
     @property
@@ -253,8 +275,16 @@ class FCN(keras.Model):
         return super().save(filepath, *args, **kwargs)
 
     # ------------------------------------------------------------- prediction
-    def predict_tiff(self, input_file, index=None, batch_size=None, output=None, progress=False,
-                     verbose=None, **options):
+    def predict_tiff(
+        self,
+        input_file,
+        index=None,
+        batch_size=None,
+        output=None,
+        progress=False,
+        verbose=None,
+        **options,
+    ):
         """Predict density maps for a TIFF stack, streaming it in chunks.
 
         See :func:`defcon.predict.predict_tiff` for the parameters (``options``:
@@ -275,20 +305,34 @@ class FCN(keras.Model):
 
         keras_only = sorted({"steps", "callbacks"} & set(options))
         if keras_only:
-            raise ConfigError(f"predict_tiff: Keras predict option(s) {', '.join(keras_only)} "
-                              "not supported: defcon streams the stack itself (choose frames "
-                              "with index=..., the batch with batch_size=...)")
+            raise ConfigError(
+                f"predict_tiff: Keras predict option(s) {', '.join(keras_only)} "
+                "not supported: defcon streams the stack itself (choose frames "
+                "with index=..., the batch with batch_size=...)"
+            )
         if verbose is not None:
             progress = progress or verbose != 0
-        result = predict_tiff(self, input_file, index=index, batch_size=batch_size,
-                              output=output, progress=progress, **options)
+        result = predict_tiff(
+            self,
+            input_file,
+            index=index,
+            batch_size=batch_size,
+            output=output,
+            progress=progress,
+            **options,
+        )
         if self.max_count_model is None or output is not None:
             return result
         box = self.max_count_model.get_layer("max_local_count")
         chunk = 256
-        return np.concatenate([keras.ops.convert_to_numpy(box(result[a:a + chunk]))
-                               for a in range(0, len(result), chunk)] or [np.zeros((0, 1))],
-                              dtype=np.float32)
+        return np.concatenate(
+            [
+                keras.ops.convert_to_numpy(box(result[a : a + chunk]))
+                for a in range(0, len(result), chunk)
+            ]
+            or [np.zeros((0, 1))],
+            dtype=np.float32,
+        )
 
     def predict_stack(self, stack, batch_size=None, **options):
         """Predict density maps for frames in memory, any frame size.
@@ -377,18 +421,23 @@ class FCN(keras.Model):
         where = "" if path else f" (from {PUBLISHED_ENV})"
         path = path or os.environ.get(PUBLISHED_ENV)
         if not path:
-            raise ModelFileError(f"the published DEFCoN model is not shipped with defcon: "
-                                 f"download {PUBLISHED_URL} (BSD-3) and pass its path to "
-                                 f"FCN.published(path) or set {PUBLISHED_ENV}=/path/to/"
-                                 f"{PUBLISHED_FILE}")
+            raise ModelFileError(
+                f"the published DEFCoN model is not shipped with defcon: "
+                f"download {PUBLISHED_URL} (BSD-3) and pass its path to "
+                f"FCN.published(path) or set {PUBLISHED_ENV}=/path/to/"
+                f"{PUBLISHED_FILE}"
+            )
         path = Path(path).expanduser()
         if not path.exists():
-            raise MissingFileError(f"{path}{where}: published DEFCoN model not found; "
-                                   f"download it from {PUBLISHED_URL}")
+            raise MissingFileError(
+                f"{path}{where}: published DEFCoN model not found; download it from {PUBLISHED_URL}"
+            )
         model = cls.from_file(path)
         if model.output_kind != "density":
-            raise ModelFileError(f"{path}: holds a '{model.output_kind}' network, not the "
-                                 f"published DEFCoN density model ({PUBLISHED_URL})")
+            raise ModelFileError(
+                f"{path}: holds a '{model.output_kind}' network, not the "
+                f"published DEFCoN density model ({PUBLISHED_URL})"
+            )
         return model
 
     def with_output(self, output):
@@ -416,11 +465,14 @@ def _missing_model(path):
         return MissingFileError(
             f"{path}: not found; defcon does not ship the published DEFCoN model: download "
             f"{PUBLISHED_URL} (BSD-3) and load it with FCN.published(path) or "
-            f"FCN.from_file(path), or set {PUBLISHED_ENV} and call FCN.published()")
+            f"FCN.from_file(path), or set {PUBLISHED_ENV} and call FCN.published()"
+        )
     keras_file = path.with_suffix(".keras")
     if path.suffix.lower() in (".h5", ".hdf5") and keras_file.exists():
-        return MissingFileError(f"{path}: not found; defcon training saves the model in Keras 3 "
-                                f"format: load {keras_file}")
+        return MissingFileError(
+            f"{path}: not found; defcon training saves the model in Keras 3 "
+            f"format: load {keras_file}"
+        )
     return MissingFileError(f"{path}: model file not found")
 
 
@@ -447,8 +499,10 @@ def _weight_groups(path):
         for raw in root.attrs["layer_names"]:
             name = raw.decode() if isinstance(raw, bytes) else str(raw)
             group = root[name]
-            names = [n.decode() if isinstance(n, bytes) else str(n)
-                     for n in group.attrs.get("weight_names", [])]
+            names = [
+                n.decode() if isinstance(n, bytes) else str(n)
+                for n in group.attrs.get("weight_names", [])
+            ]
             if names:
                 weights[name] = {n.split("/")[-1].split(":")[0]: group[n][()] for n in names}
         return weights
@@ -474,8 +528,10 @@ def _load_hdf5(path, output):
         return _load_keras3_weights(path, output)
     known = set(models.SEGMENTATION_LAYER_NAMES + models.DENSITY_LAYER_NAMES)
     if not known & set(by_name):
-        raise ModelFileError(f"{path}: no DEFCoN layers found (expected layers named "
-                             f"{', '.join(models.SEGMENTATION_LAYER_NAMES[:3])}, ...)")
+        raise ModelFileError(
+            f"{path}: no DEFCoN layers found (expected layers named "
+            f"{', '.join(models.SEGMENTATION_LAYER_NAMES[:3])}, ...)"
+        )
     has_density = set(models.DENSITY_LAYER_NAMES) <= set(by_name)
     model = FCN(output="density" if has_density else "seg", name=path.stem)
     for layer in model.layers:
@@ -488,13 +544,17 @@ def _load_hdf5(path, output):
         expected = [tuple(w.shape) for w in layer.weights]
         if any(a is None for a in arrays) or [a.shape for a in arrays] != expected:
             found = {k: v.shape for k, v in stored.items()}
-            raise ModelFileError(f"{path}: layer '{layer.name}' has weights {found}, "
-                                 f"expected kernel/bias of shapes {expected}")
+            raise ModelFileError(
+                f"{path}: layer '{layer.name}' has weights {found}, "
+                f"expected kernel/bias of shapes {expected}"
+            )
         layer.set_weights(arrays)
     names = _keras_layer_names(path)
     if names and "hist_norm" not in names:
-        log.warning("%s: the stored model has no 'hist_norm' layer; defcon normalises "
-                    "every frame anyway", path)
+        log.warning(
+            "%s: the stored model has no 'hist_norm' layer; defcon normalises every frame anyway",
+            path,
+        )
     return model
 
 
@@ -506,8 +566,10 @@ def _load_keras3_weights(path, output):
     n_seg = len(models.SEGMENTATION_LAYER_NAMES)
     n_all = n_seg + len(models.DENSITY_LAYER_NAMES)
     if n_layers not in (n_seg, n_all):
-        raise ModelFileError(f"{path}: {n_layers} layers with weights; a DEFCoN network has "
-                             f"{n_seg} (segmentation) or {n_all} (full)")
+        raise ModelFileError(
+            f"{path}: {n_layers} layers with weights; a DEFCoN network has "
+            f"{n_seg} (segmentation) or {n_all} (full)"
+        )
     model = FCN(output="seg" if n_layers == n_seg else "density", name=path.stem.split(".")[0])
     try:
         model.load_weights(path)

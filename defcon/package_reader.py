@@ -44,37 +44,55 @@ def require_module(module, error=ModelFileError):
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise error(f"'{module}' is needed for model packages and ONNX; install the optional "
-                    "dependencies: pip install 'defcon[bioimageio]'") from err
+        raise error(
+            f"'{module}' is needed for model packages and ONNX; install the optional "
+            "dependencies: pip install 'defcon[bioimageio]'"
+        ) from err
 
 
 # --------------------------------------------------------------------------- reading
 def _check_member(package, name):
     posix = PurePosixPath(name)
-    if (not name or "\\" in name or "\x00" in name or posix.is_absolute()
-            or re.match(r"^[A-Za-z]:", name) or ".." in posix.parts):
-        raise IntegrityError(f"{package}: unsafe path '{name}' in the package (absolute, '..' "
-                             "or backslash); refusing the package")
+    if (
+        not name
+        or "\\" in name
+        or "\x00" in name
+        or posix.is_absolute()
+        or re.match(r"^[A-Za-z]:", name)
+        or ".." in posix.parts
+    ):
+        raise IntegrityError(
+            f"{package}: unsafe path '{name}' in the package (absolute, '..' "
+            "or backslash); refusing the package"
+        )
 
 
 def _rdf_name(names):
     top = [n for n in names if "/" not in n]
     return next((n for n in RDF_NAMES if n in top), None) or next(
-        (n for n in sorted(top) if n.endswith((".rdf.yaml", ".bioimageio.yaml"))), None)
+        (n for n in sorted(top) if n.endswith((".rdf.yaml", ".bioimageio.yaml"))), None
+    )
 
 
 @contextlib.contextmanager
 def _opened(path):
-    """Yield (folder, rdf dict, rdf file name); a zip is checked, then its listed
-    entries are extracted to a temporary folder that is removed afterwards."""
+    """Yield (folder, rdf dict, rdf file name) of a package folder or zip.
+
+    A zip is checked, then its listed entries are extracted to a temporary
+    folder that is removed afterwards.
+    """
     path = existing_file(path, "model package")
     with tempfile.TemporaryDirectory(prefix="defcon-package-") as tmp:
         if path.is_dir():
             root = path.resolve()
             rdf_name = _rdf_name([p.name for p in root.iterdir() if p.is_file()])
             _require_rdf(path, rdf_name)
-            rdf = _parse_rdf(path, rdf_name, (root / rdf_name).stat().st_size,
-                             lambda: (root / rdf_name).read_bytes())
+            rdf = _parse_rdf(
+                path,
+                rdf_name,
+                (root / rdf_name).stat().st_size,
+                lambda: (root / rdf_name).read_bytes(),
+            )
         elif zipfile.is_zipfile(path):
             root = Path(tmp)
             with zipfile.ZipFile(path) as archive:
@@ -82,26 +100,29 @@ def _opened(path):
                 rdf_name = _rdf_name([info.filename for info in infos])
                 _require_rdf(path, rdf_name)
                 rdf_info = archive.getinfo(rdf_name)
-                rdf = _parse_rdf(path, rdf_name, rdf_info.file_size,
-                                 lambda: archive.read(rdf_info))
+                rdf = _parse_rdf(path, rdf_name, rdf_info.file_size, lambda: archive.read(rdf_info))
                 listed = {PurePosixPath(s).as_posix() for s in _listed_files(rdf)} | {rdf_name}
                 for info in infos:
                     if info.is_dir():
                         continue
                     if info.filename not in listed:
-                        raise IntegrityError(f"{path}: entry '{info.filename}' is not listed in "
-                                             f"{rdf_name}; refusing the package")
+                        raise IntegrityError(
+                            f"{path}: entry '{info.filename}' is not listed in "
+                            f"{rdf_name}; refusing the package"
+                        )
                     _extract(path, archive, info, root)
         else:
-            raise UnsupportedFileError(f"{path}: not a model package (a .zip file or a folder "
-                                       "holding rdf.yaml)")
+            raise UnsupportedFileError(
+                f"{path}: not a model package (a .zip file or a folder holding rdf.yaml)"
+            )
         yield root, rdf, rdf_name
 
 
 def _require_rdf(path, rdf_name):
     if rdf_name is None:
-        raise UnsupportedFileError(f"{path}: no {' / '.join(RDF_NAMES)}, so not a "
-                                   "bioimage.io package")
+        raise UnsupportedFileError(
+            f"{path}: no {' / '.join(RDF_NAMES)}, so not a bioimage.io package"
+        )
 
 
 def _checked_entries(path, archive):
@@ -113,16 +134,22 @@ def _checked_entries(path, archive):
     for info in infos:
         _check_member(path, info.filename)
         if stat.S_ISLNK(info.external_attr >> 16) or counts[info.filename] > 1:
-            raise IntegrityError(f"{path}: entry '{info.filename}' is a symbolic "
-                                 "link or appears twice; refusing the package")
+            raise IntegrityError(
+                f"{path}: entry '{info.filename}' is a symbolic "
+                "link or appears twice; refusing the package"
+            )
         if info.file_size > 1 << 20 and info.file_size > MAX_RATIO * max(info.compress_size, 1):
-            raise IntegrityError(f"{path}: entry '{info.filename}' expands {info.file_size} bytes "
-                                 f"from {info.compress_size} (a zip bomb?); refusing the package")
+            raise IntegrityError(
+                f"{path}: entry '{info.filename}' expands {info.file_size} bytes "
+                f"from {info.compress_size} (a zip bomb?); refusing the package"
+            )
         total += info.file_size
     if total > limit:
-        raise IntegrityError(f"{path}: {total / 2**20:,.0f} MiB uncompressed, over the "
-                             f"{limit / 2**20:,.0f} MiB limit (DEFCON_PACKAGE_MAX_BYTES); "
-                             "refusing the package")
+        raise IntegrityError(
+            f"{path}: {total / 2**20:,.0f} MiB uncompressed, over the "
+            f"{limit / 2**20:,.0f} MiB limit (DEFCON_PACKAGE_MAX_BYTES); "
+            "refusing the package"
+        )
     return infos
 
 
@@ -135,8 +162,10 @@ def _extract(path, archive, info, root):
         while chunk := source.read(1 << 20):
             copied += len(chunk)
             if copied > info.file_size:
-                raise IntegrityError(f"{path}: entry '{info.filename}' holds more than the "
-                                     f"{info.file_size} bytes it declares; refusing the package")
+                raise IntegrityError(
+                    f"{path}: entry '{info.filename}' holds more than the "
+                    f"{info.file_size} bytes it declares; refusing the package"
+                )
             out.write(chunk)
 
 
@@ -144,22 +173,27 @@ def _parse_rdf(path, rdf_name, size, read):
     """Parse rdf.yaml within :data:`MAX_RDF_BYTES`, without aliases."""
     yaml = require_module("yaml")
     if size > MAX_RDF_BYTES:
-        raise ModelFileError(f"{path}: {rdf_name} is {size} bytes, over the {MAX_RDF_BYTES} "
-                             "bytes a model description needs; refusing the package")
+        raise ModelFileError(
+            f"{path}: {rdf_name} is {size} bytes, over the {MAX_RDF_BYTES} "
+            "bytes a model description needs; refusing the package"
+        )
 
     class NoAliasLoader(yaml.SafeLoader):
         def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
-                raise ModelFileError(f"{path}: {rdf_name} uses YAML aliases (*name), which "
-                                     "model descriptions do not need; refusing the package")
+                raise ModelFileError(
+                    f"{path}: {rdf_name} uses YAML aliases (*name), which "
+                    "model descriptions do not need; refusing the package"
+                )
             return super().compose_node(parent, index)
 
     try:
         rdf = yaml.load(read().decode("utf-8"), Loader=NoAliasLoader)  # noqa: S506 (safe loader)
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
-        raise ModelFileError(f"{path}: {rdf_name} is not valid YAML: "
-                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") \
-            from err
+        raise ModelFileError(
+            f"{path}: {rdf_name} is not valid YAML: "
+            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from err
     if not isinstance(rdf, dict):
         raise ModelFileError(f"{path}: {rdf_name} does not hold a mapping")
     return rdf
@@ -171,8 +205,10 @@ def _fields_of(path, rdf_name):
     try:
         yield
     except (AttributeError, TypeError, KeyError, RecursionError) as err:
-        raise ModelFileError(f"{path}: {rdf_name} has a malformed field ({type(err).__name__}: "
-                             f"{err}); not a package defcon wrote") from err
+        raise ModelFileError(
+            f"{path}: {rdf_name} has a malformed field ({type(err).__name__}: "
+            f"{err}); not a package defcon wrote"
+        ) from err
 
 
 def _listed_files(rdf):
@@ -198,8 +234,11 @@ def _listed_files(rdf):
 
 
 def _verify(path, root, rdf, rdf_name):
-    """{source: (status, detail)}: 'ok', 'mismatch', 'missing', 'unchecked' (no
-    sha256 listed) or 'remote' (a URL, not fetched)."""
+    """Check every listed file's SHA-256: ``{source: (status, detail)}``.
+
+    Status is 'ok', 'mismatch', 'missing', 'unchecked' (no sha256 listed) or
+    'remote' (a URL, not fetched).
+    """
     results = {}
     for source, expected in _listed_files(rdf).items():
         if "://" in source:
@@ -223,10 +262,15 @@ def _verify(path, root, rdf, rdf_name):
 def _keras_source(rdf):
     defcon = (rdf.get("config") or {}).get("defcon") or {}
     weights = rdf.get("weights") or {}
-    candidates = [defcon.get("keras_file")] + [
-        (weights.get(k) or {}).get("source") for k in ("keras_v3", "keras_hdf5")] + [
-        a.get("source") for a in rdf.get("attachments") or () if isinstance(a, dict)
-        and str(a.get("source")).endswith(".keras")]
+    candidates = (
+        [defcon.get("keras_file")]
+        + [(weights.get(k) or {}).get("source") for k in ("keras_v3", "keras_hdf5")]
+        + [
+            a.get("source")
+            for a in rdf.get("attachments") or ()
+            if isinstance(a, dict) and str(a.get("source")).endswith(".keras")
+        ]
+    )
     return next((c for c in candidates if isinstance(c, str) and "://" not in c), None)
 
 
@@ -286,24 +330,30 @@ def load_package(path):
 
     Examples
     --------
-    >>> model = load_package("quickstart.zip")
-    >>> density = model.predict_stack(frames)
+    >>> model = load_package("quickstart.zip")  # doctest: +SKIP
+    >>> density = model.predict_stack(frames)  # doctest: +SKIP
     """
     from .networks import FCN
 
     with _opened(path) as (root, rdf, rdf_name), _fields_of(path, rdf_name):
         results = _verify(path, root, rdf, rdf_name)
-        bad = [f"{source}: {detail}" for source, (status, detail) in results.items()
-               if status in ("mismatch", "missing")]
+        bad = [
+            f"{source}: {detail}"
+            for source, (status, detail) in results.items()
+            if status in ("mismatch", "missing")
+        ]
         if bad:
             raise IntegrityError(f"{path}: refusing the package: " + "; ".join(bad))
         source = _keras_source(rdf)
         if source is None:
-            raise ModelFileError(f"{path}: no Keras model in the package (defcon loads the "
-                                 f"attached {KERAS_FILE} or keras weights)")
+            raise ModelFileError(
+                f"{path}: no Keras model in the package (defcon loads the "
+                f"attached {KERAS_FILE} or keras weights)"
+            )
         if results[source][0] != "ok":
-            raise IntegrityError(f"{path}: {source} is not verified ({results[source][1]}); "
-                                 "refusing to load it")
+            raise IntegrityError(
+                f"{path}: {source} is not verified ({results[source][1]}); refusing to load it"
+            )
         with tempfile.TemporaryDirectory(prefix="defcon-model-") as tmp:
             local = Path(tmp) / PurePosixPath(source).name
             shutil.copyfile(root / source, local)
@@ -342,33 +392,58 @@ def describe_package(path):
 
 def _description(path, rdf, results):
     authors = ", ".join(str(a.get("name")) for a in rdf.get("authors") or () if isinstance(a, dict))
-    lines = [f"{path}: bioimage.io {rdf.get('type', '?')} package '{rdf.get('name')}' "
-             f"(format {rdf.get('format_version', '?')})",
-             f"  created: {rdf.get('timestamp', 'unknown')}",
-             f"  authors: {authors or 'none given'}; license: {rdf.get('license', 'none')}"]
+    lines = [
+        f"{path}: bioimage.io {rdf.get('type', '?')} package '{rdf.get('name')}' "
+        f"(format {rdf.get('format_version', '?')})",
+        f"  created: {rdf.get('timestamp', 'unknown')}",
+        f"  authors: {authors or 'none given'}; license: {rdf.get('license', 'none')}",
+    ]
     for kind in ("inputs", "outputs"):
         for tensor in rdf.get(kind) or ():
-            lines.append(f"  {kind[:-1]} '{tensor.get('id')}': axes "
-                         f"{', '.join(_axis(a) for a in tensor.get('axes') or ())}; "
-                         f"{(tensor.get('data') or {}).get('type', '?')}")
-    weights = [kind + "".join(f", {k.split('_')[0]} {e[k]}" for k in
-                              ("opset_version", "tensorflow_version", "parent") if k in e)
-               for kind, e in (rdf.get("weights") or {}).items() if isinstance(e, dict)]
+            lines.append(
+                f"  {kind[:-1]} '{tensor.get('id')}': axes "
+                f"{', '.join(_axis(a) for a in tensor.get('axes') or ())}; "
+                f"{(tensor.get('data') or {}).get('type', '?')}"
+            )
+    weights = [
+        kind
+        + "".join(
+            f", {k.split('_')[0]} {e[k]}"
+            for k in ("opset_version", "tensorflow_version", "parent")
+            if k in e
+        )
+        for kind, e in (rdf.get("weights") or {}).items()
+        if isinstance(e, dict)
+    ]
     lines.append(f"  weights: {'; '.join(weights) or 'none'}")
     lines.append(f"  defcon model: {_keras_source(rdf) or 'none (defcon cannot load it)'}")
-    problems = [f"{s}: {st.upper()}" + (f" ({d})" if d else "")
-                for s, (st, d) in results.items() if st != "ok"]
-    lines.append(f"  checksums: all {len(results)} files OK" if not problems else
-                 f"  checksums: {len(results) - len(problems)} of {len(results)} files OK; "
-                 + "; ".join(problems))
+    problems = [
+        f"{s}: {st.upper()}" + (f" ({d})" if d else "")
+        for s, (st, d) in results.items()
+        if st != "ok"
+    ]
+    lines.append(
+        f"  checksums: all {len(results)} files OK"
+        if not problems
+        else f"  checksums: {len(results) - len(problems)} of {len(results)} files OK; "
+        + "; ".join(problems)
+    )
     training = ((rdf.get("config") or {}).get("defcon") or {}).get("training") or {}
-    lines += [f"  training {key}: {training[key]}" for key in ("config", "history", "curves")
-              if key in training] or ["  training: not recorded"]
+    lines += [
+        f"  training {key}: {training[key]}"
+        for key in ("config", "history", "curves")
+        if key in training
+    ] or ["  training: not recorded"]
     if isinstance(training.get("training_set"), dict):
-        lines.append(f"  training set: {training['training_set'].get('file')} "
-                     f"(sha256 {training['training_set'].get('sha256')})")
-    lines += [f"    source '{s.get('dataset')}': {s.get('file')} (sha256 {s.get('sha256')})"
-              for s in training.get("sources") or () if isinstance(s, dict)]
+        lines.append(
+            f"  training set: {training['training_set'].get('file')} "
+            f"(sha256 {training['training_set'].get('sha256')})"
+        )
+    lines += [
+        f"    source '{s.get('dataset')}': {s.get('file')} (sha256 {s.get('sha256')})"
+        for s in training.get("sources") or ()
+        if isinstance(s, dict)
+    ]
     return "\n".join(lines)
 
 

@@ -75,15 +75,28 @@ def predict_stack(model, stack, batch_size=None, *, precision=None, tile_size=No
     frames = _as_frames(stack)
     runner = _Runner(model, precision, frames.shape[1:], batch_size, tile_size)
     out = np.empty(frames.shape + (1,), np.float32)
-    batches = ((np.arange(a, min(a + runner.batch, len(frames))), frames[a:a + runner.batch])
-               for a in range(0, len(frames), runner.batch))
+    batches = (
+        (np.arange(a, min(a + runner.batch, len(frames))), frames[a : a + runner.batch])
+        for a in range(0, len(frames), runner.batch)
+    )
     for positions, density in runner.run(batches):
         out[positions] = density
     return out
 
 
-def predict_tiff(model, input_file, index=None, batch_size=None, output=None, progress=False,
-                 *, precision=None, tile_size=None, check_envelope=True, stack_options=None):
+def predict_tiff(
+    model,
+    input_file,
+    index=None,
+    batch_size=None,
+    output=None,
+    progress=False,
+    *,
+    precision=None,
+    tile_size=None,
+    check_envelope=True,
+    stack_options=None,
+):
     """Predict density maps for a TIFF stack, streaming it in chunks.
 
     Parameters
@@ -131,23 +144,41 @@ def predict_tiff(model, input_file, index=None, batch_size=None, output=None, pr
         ``index`` names a frame outside the stack.
     """
     if output is not None and Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UnsupportedFileError(f"{output}: unsupported output type (expected "
-                                   f"{', '.join(OUTPUT_SUFFIXES)})")
+        raise UnsupportedFileError(
+            f"{output}: unsupported output type (expected {', '.join(OUTPUT_SUFFIXES)})"
+        )
     if output is not None:
         check_output(output, [input_file], same_kind=is_density_output, what="density output")
     with TiffStack(input_file, **(stack_options or {})) as stack:
         frames = _frame_selection(index, len(stack), stack.path)
         shape = (len(frames),) + stack.shape[1:] + (1,)
         check = envelope_check_for(model, stack.shape[1:]) if check_envelope else None
-        chunks = iter_predict_tiff(model, stack, frames, batch_size, progress,
-                                   precision=precision, tile_size=tile_size,
-                                   envelope_check=check)
+        chunks = iter_predict_tiff(
+            model,
+            stack,
+            frames,
+            batch_size,
+            progress,
+            precision=precision,
+            tile_size=tile_size,
+            envelope_check=check,
+        )
         out = np.empty(shape, np.float32) if output is None else np.empty(len(frames))
         with contextlib.ExitStack() as context:
             context.enter_context(contextlib.closing(chunks))
-            writer = None if output is None else context.enter_context(DensityWriter(
-                output, shape, source=stack.path, model=getattr(model, "name", ""),
-                frame_index=frames))
+            writer = (
+                None
+                if output is None
+                else context.enter_context(
+                    DensityWriter(
+                        output,
+                        shape,
+                        source=stack.path,
+                        model=getattr(model, "name", ""),
+                        frame_index=frames,
+                    )
+                )
+            )
             for pos, (chunk_frames, density) in _positions(chunks):
                 density = mark_nonfinite(stack, chunk_frames, density)
                 if check is not None:
@@ -162,13 +193,25 @@ def predict_tiff(model, input_file, index=None, batch_size=None, output=None, pr
     if summary:
         log.warning("%s: %s", Path(input_file).name, summary)
     if skipped:
-        log.warning("%s: %d frame(s) hold NaN or infinite pixels: their densities are NaN",
-                    Path(input_file).name, skipped)
+        log.warning(
+            "%s: %d frame(s) hold NaN or infinite pixels: their densities are NaN",
+            Path(input_file).name,
+            skipped,
+        )
     return out
 
 
-def iter_predict_tiff(model, stack, index=None, batch_size=None, progress=False, *,
-                      precision=None, tile_size=None, envelope_check=None):
+def iter_predict_tiff(
+    model,
+    stack,
+    index=None,
+    batch_size=None,
+    progress=False,
+    *,
+    precision=None,
+    tile_size=None,
+    envelope_check=None,
+):
     """Yield densities of a TIFF stack chunk by chunk, in bounded memory.
 
     Parameters
@@ -192,7 +235,7 @@ def iter_predict_tiff(model, stack, index=None, batch_size=None, progress=False,
 
     Examples
     --------
-    >>> for frames, density in iter_predict_tiff(model, "stack.tif"):
+    >>> for frames, density in iter_predict_tiff(model, "stack.tif"):  # doctest: +SKIP
     ...     rows = count_rows(density, frames + 1)
     """
     from tqdm.auto import tqdm
@@ -202,12 +245,18 @@ def iter_predict_tiff(model, stack, index=None, batch_size=None, progress=False,
     try:
         frames = _frame_selection(index, len(stack), stack.path)
         runner = _Runner(model, precision, stack.shape[1:], batch_size, tile_size)
-        batches = ((frames[a:a + runner.batch], _read_frames(stack, frames[a:a + runner.batch]))
-                   for a in range(0, len(frames), runner.batch))
+        batches = (
+            (frames[a : a + runner.batch], _read_frames(stack, frames[a : a + runner.batch]))
+            for a in range(0, len(frames), runner.batch)
+        )
         if envelope_check is not None:
             batches = _observed(batches, envelope_check)
-        with tqdm(total=len(frames), unit="frame", disable=not progress,
-                  desc=stack.path.name) as bar, contextlib.closing(runner.run(batches)) as run:
+        with (
+            tqdm(
+                total=len(frames), unit="frame", disable=not progress, desc=stack.path.name
+            ) as bar,
+            contextlib.closing(runner.run(batches)) as run,
+        ):
             for chunk_frames, density in run:  # closed before the stack: the reader stops
                 yield chunk_frames, density
                 bar.update(len(chunk_frames))
@@ -282,8 +331,10 @@ def local_count_map(density, box_size=7):
     b = int(box_size)
     n, h, w = d.shape
     if b < 1 or h < b or w < b:
-        raise ShapeMismatchError(f"density frames of {h} x {w} pixels are smaller than the "
-                                 f"{b} x {b} box (box_size must be 1 to {min(h, w)})")
+        raise ShapeMismatchError(
+            f"density frames of {h} x {w} pixels are smaller than the "
+            f"{b} x {b} box (box_size must be 1 to {min(h, w)})"
+        )
     # Summed-area table in float64: every box sum is exact to ~1e-12 relative.
     sat = np.zeros((n, h + 1, w + 1), np.float64)
     np.cumsum(d, axis=1, dtype=np.float64, out=sat[:, 1:, 1:])
@@ -328,9 +379,14 @@ def receptive_margin():
     """
     from . import models
 
-    steps = [(kind, k, s) for _, kind, _, k, s in
-             models.SEG_LAYERS + (("seg", "conv", 1, 1, 1),) + models.DENSITY_LAYERS
-             + (("density", "conv", 1, 1, 1),) if kind != "dropout"]
+    steps = [
+        (kind, k, s)
+        for _, kind, _, k, s in models.SEG_LAYERS
+        + (("seg", "conv", 1, 1, 1),)
+        + models.DENSITY_LAYERS
+        + (("density", "conv", 1, 1, 1),)
+        if kind != "dropout"
+    ]
     radius = 0
     for phase in range(_MULTIPLE):
         lo = hi = phase
@@ -367,8 +423,11 @@ class DensityWriter:
         from . import __version__
 
         self.path, self.shape, self.frame_index = Path(path), tuple(shape), frame_index
-        self.attrs = {"source_file": str(source), "model": str(model),
-                      "defcon_version": __version__}
+        self.attrs = {
+            "source_file": str(source),
+            "model": str(model),
+            "defcon_version": __version__,
+        }
         self._written = 0
 
     def __enter__(self):
@@ -382,8 +441,9 @@ class DensityWriter:
 
                 self._file = stack.enter_context(h5py.File(tmp, "w"))
                 stack.enter_context(hdf5_space(self._file, size, what, reported_as=self.path))
-                self._data = self._file.create_dataset("density", self.shape, np.float32,
-                                                       chunks=(1,) + self.shape[1:])
+                self._data = self._file.create_dataset(
+                    "density", self.shape, np.float32, chunks=(1,) + self.shape[1:]
+                )
                 self._data.attrs.update(self.attrs)
                 if self.frame_index is not None:
                     self._file["frame_index"] = np.asarray(self.frame_index)
@@ -402,18 +462,20 @@ class DensityWriter:
         if self._written + k > self.shape[0]:
             raise ShapeMismatchError(f"{self.path}: more than the {self.shape[0]} frames declared")
         if self._data is not None:
-            self._data[self._written:self._written + k] = density
+            self._data[self._written : self._written + k] = density
         else:
             for frame in density:
-                self._file.write(frame[..., 0], contiguous=True, photometric="minisblack",
-                                 metadata=self.attrs)
+                self._file.write(
+                    frame[..., 0], contiguous=True, photometric="minisblack", metadata=self.attrs
+                )
         self._written += k
 
     def __exit__(self, *exc):
         if exc[0] is None and self._written != self.shape[0]:
             try:
-                raise ShapeMismatchError(f"{self.path}: {self._written} frames written, "
-                                         f"{self.shape[0]} declared")
+                raise ShapeMismatchError(
+                    f"{self.path}: {self._written} frames written, {self.shape[0]} declared"
+                )
             except ShapeMismatchError:
                 exc = sys.exc_info()
         return self._stack.__exit__(*exc)
@@ -451,10 +513,11 @@ def _as_frames(stack, what="stack"):
         a = a[..., 0]
     elif a.ndim == 2:
         a = a[np.newaxis]
-    if a.ndim != 3 or 0 in a.shape or not (np.issubdtype(a.dtype, np.number)
-                                           or a.dtype == bool):
-        raise ShapeMismatchError(f"{what}: got an array of shape {np.shape(stack)} and dtype "
-                                 f"{a.dtype}; expected real (H, W), (N, H, W) or (N, H, W, 1)")
+    if a.ndim != 3 or 0 in a.shape or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise ShapeMismatchError(
+            f"{what}: got an array of shape {np.shape(stack)} and dtype "
+            f"{a.dtype}; expected real (H, W), (N, H, W) or (N, H, W, 1)"
+        )
     return a
 
 
@@ -465,12 +528,15 @@ def _frame_selection(index, n, path):
         return np.arange(n)[index]
     frames = np.atleast_1d(np.asarray(index))
     if frames.ndim != 1 or not np.issubdtype(frames.dtype, np.integer):
-        raise FrameIndexError(f"{path}: index must be None, an int, a slice or a sequence "
-                              f"of ints, got {index!r}")
+        raise FrameIndexError(
+            f"{path}: index must be None, an int, a slice or a sequence of ints, got {index!r}"
+        )
     bad = frames[(frames < -n) | (frames >= n)]
     if bad.size:
-        raise FrameIndexError(f"{path}: frame index {int(bad[0])} outside the stack's {n} "
-                              f"frames (0-based: 0 to {n - 1})")
+        raise FrameIndexError(
+            f"{path}: frame index {int(bad[0])} outside the stack's {n} "
+            f"frames (0-based: 0 to {n - 1})"
+        )
     return np.where(frames < 0, frames + n, frames)
 
 
@@ -537,8 +603,8 @@ def _pad(frames, height, width):
         return np.ascontiguousarray(frames)[..., np.newaxis]
     out = np.empty((k, height, width, 1), np.float32)
     out[:, :h, :w, 0] = frames
-    out[:, :h, w:, 0] = out[:, :h, w - 1:w, 0]
-    out[:, h:, :, 0] = out[:, h - 1:h, :, 0]
+    out[:, :h, w:, 0] = out[:, :h, w - 1 : w, 0]
+    out[:, h:, :, 0] = out[:, h - 1 : h, :, 0]
     return out
 
 
@@ -565,7 +631,7 @@ class _Runner:
         with contextlib.closing(_prefetch(prepared, READ_AHEAD)) as items:
             for key, x in items:
                 density = self._tiled(x) if self.tile else self.net(x, normalize=True)
-                yield key, density[:, :self.h, :self.w]
+                yield key, density[:, : self.h, : self.w]
 
     def _tiled(self, x):
         lo = x.min(axis=(1, 2, 3), keepdims=True)
@@ -575,7 +641,7 @@ class _Runner:
         for r0, r1, ra, rb in _spans(self.hp, self.tile, m):
             for c0, c1, ca, cb in _spans(self.wp, self.tile, m):
                 y = self.net(x[:, r0:r1, c0:c1], normalize=False)
-                out[:, r0 + ra:r0 + rb, c0 + ca:c0 + cb] = y[:, ra:rb, ca:cb]
+                out[:, r0 + ra : r0 + rb, c0 + ca : c0 + cb] = y[:, ra:rb, ca:cb]
         return out
 
 

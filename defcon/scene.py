@@ -63,8 +63,12 @@ class Layout:
         # Fluorophores that fall outside the frame are drawn again from the
         # structure (uniformly, in the rare case it keeps missing the frame).
         for _ in range(20):
-            out = (xy[:, 0] < 0) | (xy[:, 0] >= self.width - EDGE) | \
-                  (xy[:, 1] < 0) | (xy[:, 1] >= self.height - EDGE)
+            out = (
+                (xy[:, 0] < 0)
+                | (xy[:, 0] >= self.width - EDGE)
+                | (xy[:, 1] < 0)
+                | (xy[:, 1] >= self.height - EDGE)
+            )
             if not out.any():
                 break
             xy[out] = self._structured(int(out.sum()), rng)
@@ -77,8 +81,12 @@ class Layout:
         if self.kind == "clustered":
             centre = self.centres[rng.integers(len(self.centres), size=n)]
             return centre + rng.normal(0.0, self.spread, (n, 2))
-        xy = np.concatenate([_along(path, k, rng) for path, k in
-                             zip(self.paths, rng.multinomial(n, self.path_weights))])
+        xy = np.concatenate(
+            [
+                _along(path, k, rng)
+                for path, k in zip(self.paths, rng.multinomial(n, self.path_weights))
+            ]
+        )
         return xy + rng.normal(0.0, self.spread, xy.shape)
 
 
@@ -95,10 +103,19 @@ def _filament_path(height, width, rng, step=1.0, persistence=25.0):
     start = np.array([rng.uniform(0, width), rng.uniform(0, height)])
     steps = step * np.column_stack([np.cos(angles), np.sin(angles)])
     # Walk both ways from the start so the filament crosses its start point.
-    points = np.concatenate([start - np.cumsum(steps[: n_steps // 2], axis=0)[::-1], start[None],
-                             start + np.cumsum(steps[n_steps // 2:], axis=0)])
-    inside = (points[:, 0] > -5) & (points[:, 0] < width + 5) & \
-             (points[:, 1] > -5) & (points[:, 1] < height + 5)
+    points = np.concatenate(
+        [
+            start - np.cumsum(steps[: n_steps // 2], axis=0)[::-1],
+            start[None],
+            start + np.cumsum(steps[n_steps // 2 :], axis=0),
+        ]
+    )
+    inside = (
+        (points[:, 0] > -5)
+        & (points[:, 0] < width + 5)
+        & (points[:, 1] > -5)
+        & (points[:, 1] < height + 5)
+    )
     # Segments with both ends near the frame: a path that leaves and comes back
     # is not joined across the gap.
     keep = inside[:-1] & inside[1:]
@@ -147,7 +164,9 @@ def background_map(height, width, mean, rng, gradient=0.0, haze=0.0):
         for _ in range(int(rng.integers(1, 5))):
             s = rng.uniform(6, 25)
             cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-            blobs += rng.uniform(0.3, 1) * np.exp(-((rows - cy) ** 2 + (cols - cx) ** 2) / (2 * s * s))
+            blobs += rng.uniform(0.3, 1) * np.exp(
+                -((rows - cy) ** 2 + (cols - cx) ** 2) / (2 * s * s)
+            )
         shape += haze * blobs / max(blobs.max(), 1e-12)
     shape = np.clip(shape, 0.0, None)
     return mean * shape / max(shape.mean(), 1e-12)
@@ -178,8 +197,19 @@ class Camera:
         read-noise map is log-normal with that relative spread times 5.
     """
 
-    def __init__(self, kind, height, width, rng, em_gain=None, read_noise=1.6, baseline=100.0,
-                 adu_gain=1.0, bit_depth=16, pixel_spread=0.02):
+    def __init__(
+        self,
+        kind,
+        height,
+        width,
+        rng,
+        em_gain=None,
+        read_noise=1.6,
+        baseline=100.0,
+        adu_gain=1.0,
+        bit_depth=16,
+        pixel_spread=0.02,
+    ):
         if kind not in CAMERAS:
             raise ConfigError(f"camera: expected one of {CAMERAS}, got {kind!r}")
         if kind == "emccd" and em_gain is None:

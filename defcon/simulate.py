@@ -166,23 +166,28 @@ class SimulationParameters:
             setattr(self, name, _number(name, getattr(self, name)))
         for name in _POSITIVE:
             setattr(self, name, _number(name, getattr(self, name), strict=True))
-        self.quantum_efficiency = _number("quantum_efficiency", self.quantum_efficiency,
-                                          strict=True, high=1.0)
+        self.quantum_efficiency = _number(
+            "quantum_efficiency", self.quantum_efficiency, strict=True, high=1.0
+        )
         if self.em_gain is not None:
             self.em_gain = _number("em_gain", self.em_gain, low=1.0)
         self.n_fiducials = _integer("n_fiducials", self.n_fiducials, minimum=0)
         self.n_structures = _integer("n_structures", self.n_structures, minimum=1)
         self.bit_depth = _integer("bit_depth", self.bit_depth, minimum=8)
         if self.bit_depth > 16:
-            raise ConfigError(f"bit_depth: expected at most 16 (frames are uint16), "
-                              f"got {self.bit_depth}")
+            raise ConfigError(
+                f"bit_depth: expected at most 16 (frames are uint16), got {self.bit_depth}"
+            )
         if self.psf_sigma_px is not None:
             self.psf_sigma_px = _number("psf_sigma_px", self.psf_sigma_px, strict=True)
         if self.camera is None:
             self.camera = "ccd" if self.em_gain is None else "emccd"
         if self.camera not in scene.CAMERAS or self.layout not in scene.LAYOUTS:
-            bad, options = (("camera", scene.CAMERAS) if self.camera not in scene.CAMERAS
-                            else ("layout", scene.LAYOUTS))
+            bad, options = (
+                ("camera", scene.CAMERAS)
+                if self.camera not in scene.CAMERAS
+                else ("layout", scene.LAYOUTS)
+            )
             raise ConfigError(f"{bad}: expected one of {options}, got {getattr(self, bad)!r}")
         if self.camera == "emccd" and self.em_gain is None:
             raise ConfigError("em_gain: camera 'emccd' needs an EM gain (>= 1)")
@@ -221,13 +226,35 @@ class SimulationParameters:
         return 0.21 * self.wavelength_nm / self.numerical_aperture / self.pixel_size_nm
 
 
-_NON_NEGATIVE = ["fluorophore_density", "activation_rate", "bleach_rate", "dark1_rate",
-                 "dark1_return_rate", "dark2_rate", "dark2_return_rate", "photon_rate",
-                 "background", "read_noise", "dark_current", "baseline", "fiducial_photons",
-                 "defocus_nm", "photon_spread", "background_gradient", "background_haze",
-                 "pixel_spread", "structure_spread_px"]
-_POSITIVE = ["wavelength_nm", "numerical_aperture", "camera_pixel_nm", "magnification", "adu_gain",
-             "depth_of_focus_nm"]
+_NON_NEGATIVE = [
+    "fluorophore_density",
+    "activation_rate",
+    "bleach_rate",
+    "dark1_rate",
+    "dark1_return_rate",
+    "dark2_rate",
+    "dark2_return_rate",
+    "photon_rate",
+    "background",
+    "read_noise",
+    "dark_current",
+    "baseline",
+    "fiducial_photons",
+    "defocus_nm",
+    "photon_spread",
+    "background_gradient",
+    "background_haze",
+    "pixel_spread",
+    "structure_spread_px",
+]
+_POSITIVE = [
+    "wavelength_nm",
+    "numerical_aperture",
+    "camera_pixel_nm",
+    "magnification",
+    "adu_gain",
+    "depth_of_focus_nm",
+]
 
 
 def _number(name, value, low=0.0, strict=False, high=None):
@@ -243,8 +270,11 @@ def _number(name, value, low=0.0, strict=False, high=None):
 
 def _integer(name, value, minimum):
     """Return ``value`` as an int >= ``minimum``, or raise ConfigError naming ``name``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-            or value < minimum:
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (int, np.integer))
+        or value < minimum
+    ):
         raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
 
@@ -264,8 +294,9 @@ def _advance(state, t0, p, rng):
     the frame, shape (N,) in [0, 1], and their states at the end of the frame.
     Dwell times are exponential, so an emitter can switch several times a frame.
     """
-    out_rate = np.array([p.bleach_rate + p.dark1_rate + p.dark2_rate, p.dark1_return_rate,
-                         p.dark2_return_rate, 0.0])
+    out_rate = np.array(
+        [p.bleach_rate + p.dark1_rate + p.dark2_rate, p.dark1_return_rate, p.dark2_return_rate, 0.0]
+    )
     on_cum = np.cumsum([p.bleach_rate, p.dark1_rate, p.dark2_rate]) / max(out_rate[ON], 1e-300)
     on_targets = np.array([BLEACHED, DARK1, DARK2], dtype=np.int8)
     state, t = state.copy(), np.asarray(t0, dtype=float).copy()
@@ -273,8 +304,9 @@ def _advance(state, t0, p, rng):
     idx = np.arange(state.size)
     while idx.size:
         s, rate = state[idx], out_rate[state[idx]]
-        dwell = np.divide(rng.standard_exponential(idx.size), rate,
-                          out=np.full(idx.size, np.inf), where=rate > 0)
+        dwell = np.divide(
+            rng.standard_exponential(idx.size), rate, out=np.full(idx.size, np.inf), where=rate > 0
+        )
         end = np.minimum(t[idx] + dwell, 1.0)
         on_time[idx] += np.where(s == ON, end - t[idx], 0.0)
         t[idx] = end
@@ -373,8 +405,9 @@ def render_emitters(x, y, photons, height, width, sigma):
     -------
     ndarray of shape (height, width), float64
     """
-    flat, inside, prob = _psf_windows(np.asarray(x, float), np.asarray(y, float), height, width,
-                                      sigma)
+    flat, inside, prob = _psf_windows(
+        np.asarray(x, float), np.asarray(y, float), height, width, sigma
+    )
     return _accumulate(flat, inside, np.asarray(photons, float)[:, None] * prob, height, width)
 
 
@@ -438,10 +471,21 @@ def _frames(n_frames, height, width, seed, p):
     xs, ys = rng.uniform(0, width - scene.EDGE, nf), rng.uniform(0, height - scene.EDGE, nf)
     zs, gains = np.zeros(nf), np.ones(nf)
     layout = scene.Layout(p.layout, height, width, rng, p.n_structures, p.structure_spread_px)
-    background = scene.background_map(height, width, p.background, rng, p.background_gradient,
-                                      p.background_haze)
-    camera = scene.Camera(p.camera, height, width, rng, p.em_gain, p.read_noise, p.baseline,
-                          p.adu_gain, p.bit_depth, p.pixel_spread)
+    background = scene.background_map(
+        height, width, p.background, rng, p.background_gradient, p.background_haze
+    )
+    camera = scene.Camera(
+        p.camera,
+        height,
+        width,
+        rng,
+        p.em_gain,
+        p.read_noise,
+        p.baseline,
+        p.adu_gain,
+        p.bit_depth,
+        p.pixel_spread,
+    )
     state, seen, absorbing = np.zeros(0, np.int8), np.zeros(nf, bool), _absorbing(p)
     warned = False
     if p.density_sweep is not None:
@@ -453,8 +497,11 @@ def _frames(n_frames, height, width, seed, p):
             p_act = min(1.0, births / max(n_inactive, 1))
             if births > n_inactive and not warned:
                 warned = True
-                log.warning("frame %d: too few inactive fluorophores left for the density sweep;"
-                            " raise fluorophore_density", i + 1)
+                log.warning(
+                    "frame %d: too few inactive fluorophores left for the density sweep;"
+                    " raise fluorophore_density",
+                    i + 1,
+                )
         t_new = _activation_times(n_inactive, p_act, rng)
         n_new = t_new.size
         n_inactive -= n_new
@@ -462,14 +509,17 @@ def _frames(n_frames, height, width, seed, p):
         next_id += n_new
         new_x, new_y = layout.positions(n_new, rng)
         xs, ys = np.concatenate([xs, new_x]), np.concatenate([ys, new_y])
-        zs, gains = np.concatenate([zs, _new_depths(n_new, p, rng)]), \
-            np.concatenate([gains, _new_gains(n_new, p, rng)])
+        zs, gains = (
+            np.concatenate([zs, _new_depths(n_new, p, rng)]),
+            np.concatenate([gains, _new_gains(n_new, p, rng)]),
+        )
         seen = np.concatenate([seen, np.zeros(n_new, bool)])
         state = np.concatenate([state, np.full(n_new, ON, np.int8)])
         t0 = np.concatenate([np.zeros(state.size - n_new), t_new])
         on_time, state = _advance(state, t0, p, rng)
-        expected = np.concatenate([np.full(nf, p.fiducial_photons),
-                                   p.photon_rate * gains[nf:] * on_time])
+        expected = np.concatenate(
+            [np.full(nf, p.fiducial_photons), p.photon_rate * gains[nf:] * on_time]
+        )
         sigma = p.sigma_px * np.sqrt(1.0 + (zs / p.depth_of_focus_nm) ** 2)
         photons, signal = _detect(xs, ys, sigma, expected, height, width, p, rng)
         frame = _apply_camera(signal, background, camera, p, rng)
@@ -477,8 +527,7 @@ def _frames(n_frames, height, width, seed, p):
         logged[:nf] &= p.log_fiducials
         n_first = int((logged & ~seen).sum())
         seen |= logged
-        yield (i, frame, ids[logged], xs[logged], ys[logged], zs[logged], photons[logged],
-               n_first)
+        yield (i, frame, ids[logged], xs[logged], ys[logged], zs[logged], photons[logged], n_first)
         alive = np.concatenate([np.ones(nf, bool), ~absorbing[state]])
         ids, xs, ys, zs, gains, seen = (a[alive] for a in (ids, xs, ys, zs, gains, seen))
         state = state[alive[nf:]]
@@ -499,8 +548,10 @@ def _new_gains(n, p, rng):
 
 
 def _check_size(n_frames, height, width):
-    return tuple(_integer(name, value, 1) for name, value in
-                 (("n_frames", n_frames), ("height", height), ("width", width)))
+    return tuple(
+        _integer(name, value, 1)
+        for name, value in (("n_frames", n_frames), ("height", height), ("width", width))
+    )
 
 
 def _rows(i, ids, x, y, z, brightness):
@@ -602,22 +653,49 @@ def simulate(out_dir, n_frames, height, width, seed=None, progress=False, **para
     tif_path, csv_path = Path(out_dir) / "stack.tif", Path(out_dir) / "frame_logger.csv"
     description = tifffile.imagej_description((n_frames, height, width), axes="TYX")
     bigtiff = n_frames * height * width * 2 >= 2**32 - 2**25
-    summary = {"stack": tif_path, "frame_logger": csv_path, "n_frames": n_frames,
-               "height": height, "width": width, "n_emitters": 0, "n_localizations": 0,
-               "emitters_per_frame_min": None, "emitters_per_frame_max": 0, "sigma_px": p.sigma_px}
+    summary = {
+        "stack": tif_path,
+        "frame_logger": csv_path,
+        "n_frames": n_frames,
+        "height": height,
+        "width": width,
+        "n_emitters": 0,
+        "n_localizations": 0,
+        "emitters_per_frame_min": None,
+        "emitters_per_frame_max": 0,
+        "sigma_px": p.sigma_px,
+    }
     with atomic_path(tif_path) as tmp_tif, atomic_path(csv_path) as tmp_csv:
-        with tifffile.TiffWriter(tmp_tif, bigtiff=bigtiff) as tif, \
-                open(tmp_csv, "w", newline="") as csv:
+        with (
+            tifffile.TiffWriter(tmp_tif, bigtiff=bigtiff) as tif,
+            open(tmp_csv, "w", newline="") as csv,
+        ):
             csv.write(",".join(COLUMNS) + "\n")
-            frames = tqdm(_frames(n_frames, height, width, seed, p), total=n_frames,
-                          disable=not progress, unit="frame", desc="simulate")
+            frames = tqdm(
+                _frames(n_frames, height, width, seed, p),
+                total=n_frames,
+                disable=not progress,
+                unit="frame",
+                desc="simulate",
+            )
             for i, frame, ids, x, y, z, brightness, n_first in frames:
-                tif.write(frame, contiguous=True, metadata=None,
-                          description=description if i == 0 else None)
+                tif.write(
+                    frame,
+                    contiguous=True,
+                    metadata=None,
+                    description=description if i == 0 else None,
+                )
                 np.savetxt(csv, _rows(i, ids, x, y, z, brightness), fmt=_CSV_FORMAT)
                 _count(summary, len(ids), n_first)
     summary["emitters_per_frame_mean"] = summary["n_localizations"] / n_frames
-    log.debug("simulated %d frames of %d x %d px: %d emitters, %.2f per frame (%d to %d)",
-             n_frames, height, width, summary["n_emitters"], summary["emitters_per_frame_mean"],
-             summary["emitters_per_frame_min"], summary["emitters_per_frame_max"])
+    log.debug(
+        "simulated %d frames of %d x %d px: %d emitters, %.2f per frame (%d to %d)",
+        n_frames,
+        height,
+        width,
+        summary["n_emitters"],
+        summary["emitters_per_frame_mean"],
+        summary["emitters_per_frame_min"],
+        summary["emitters_per_frame_max"],
+    )
     return summary

@@ -37,20 +37,24 @@ def open_compact_set(path):
     """
     path = existing_file(path, "compact training set")
     if not h5py.is_hdf5(path):
-        raise TrainingSetError(f"{path}: not an HDF5 file (expected a compact set written "
-                               "by compact_set / `defcon compact`)")
+        raise TrainingSetError(
+            f"{path}: not an HDF5 file (expected a compact set written "
+            "by compact_set / `defcon compact`)"
+        )
     f = h5py.File(path, "r")
     missing = [f"{g}/{g}" for g in GROUPS if f"{g}/{g}" not in f]
     if missing:
         f.close()
         raise TrainingSetError(
             f"{path}: not a compact set (missing {', '.join(missing)}); run compact_set or "
-            "`defcon compact` on the TrainingSet first")
+            "`defcon compact` on the TrainingSet first"
+        )
     shapes = {g: f[g][g].shape for g in GROUPS}
     if len(set(shapes.values())) != 1 or len(shapes["input"]) != 4:
         f.close()
-        raise TrainingSetError(f"{path}: datasets have shapes {shapes}; expected equal "
-                               "(N, H, W, 1)")
+        raise TrainingSetError(
+            f"{path}: datasets have shapes {shapes}; expected equal (N, H, W, 1)"
+        )
     return f
 
 
@@ -80,8 +84,17 @@ class CompactSetBatches:
     Each item is ``(x, y)``: float32 arrays of shape ``(batch, H, W, 1)``.
     """
 
-    def __init__(self, h5file, stage, frames, batch_size, shuffle=True, block_batches=16,
-                 augment=False, seed=None):
+    def __init__(
+        self,
+        h5file,
+        stage,
+        frames,
+        batch_size,
+        shuffle=True,
+        block_batches=16,
+        augment=False,
+        seed=None,
+    ):
         self.inputs = h5file["input"]["input"]
         self.targets = h5file[STAGE_TARGETS[stage]][STAGE_TARGETS[stage]]
         self.start, self.stop = frames
@@ -129,7 +142,7 @@ class CompactSetBatches:
 
     def on_epoch_end(self):
         if self.shuffle:
-            self.rng.shuffle(self._block_order[:self._n_full_blocks])
+            self.rng.shuffle(self._block_order[: self._n_full_blocks])
         self._cached = (None, None)
 
     def _load_block(self, block):
@@ -156,4 +169,4 @@ class CompactSetBatches:
         lo = within * self.batch_size
         if lo >= len(x):
             raise IndexError(index)
-        return x[lo:lo + self.batch_size], y[lo:lo + self.batch_size]
+        return x[lo : lo + self.batch_size], y[lo : lo + self.batch_size]

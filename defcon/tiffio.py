@@ -42,12 +42,27 @@ NONFINITE = ("error", "flag")
 #: Axes a plane can be chosen along: (TiffStack keyword, command-line option).
 CHOICES = {"C": ("channel", "--channel"), "Z": ("z", "--z")}
 #: tifffile's axes of ImageJ hyperstacks for each ImageJ 'order' (slowest first).
-_IMAGEJ_ORDER = {"czt": "TZC", "default": "TZC", "ctz": "ZTC", "zct": "TCZ", "ztc": "CTZ",
-                 "tcz": "ZCT", "tzc": "CZT"}
+_IMAGEJ_ORDER = {
+    "czt": "TZC",
+    "default": "TZC",
+    "ctz": "ZTC",
+    "zct": "TCZ",
+    "ztc": "CTZ",
+    "tcz": "ZCT",
+    "tzc": "CZT",
+}
 #: tifffile log messages that mean the file's chain of images is broken.
-_BROKEN_CHAIN = ("invalid page offset", "invalid offset to page", "circular reference",
-                 "corrupted IFD", "invalid value offset", "ImageJ series metadata invalid",
-                 "failed to reshape", "Missing data are zeroed", "is missing")
+_BROKEN_CHAIN = (
+    "invalid page offset",
+    "invalid offset to page",
+    "circular reference",
+    "corrupted IFD",
+    "invalid value offset",
+    "ImageJ series metadata invalid",
+    "failed to reshape",
+    "Missing data are zeroed",
+    "is missing",
+)
 
 
 class TiffStack:
@@ -104,15 +119,17 @@ class TiffStack:
 
     Examples
     --------
-    >>> with TiffStack("stack.tif") as stack:
+    >>> with TiffStack("stack.tif") as stack:  # doctest: +SKIP
     ...     for start, frames in stack.chunks(256):
     ...         process(to_float(frames))
-    >>> with TiffStack("hyperstack.tif", channel=1, z=0) as stack:   # TZCYX
-    ...     stack.shape                                              # (T, Y, X)
+    >>> # A TZCYX hyperstack: frames are its T planes of channel 1, z 0.
+    >>> with TiffStack("hyperstack.tif", channel=1, z=0) as stack:  # doctest: +SKIP
+    ...     stack.shape
     """
 
-    def __init__(self, path, series=None, channel=None, z=None, *, allow_truncated=False,
-                 nonfinite="error"):
+    def __init__(
+        self, path, series=None, channel=None, z=None, *, allow_truncated=False, nonfinite="error"
+    ):
         if nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {NONFINITE}, not {nonfinite!r}")
         self.path = existing_file(path, "TIFF stack")
@@ -127,8 +144,9 @@ class TiffStack:
             try:
                 self._tif = tifffile.TiffFile(self.path)
             except (tifffile.TiffFileError, ValueError, OSError) as err:
-                raise UnsupportedFileError(f"{self.path}: not a readable TIFF file ({err})") \
-                    from err
+                raise UnsupportedFileError(
+                    f"{self.path}: not a readable TIFF file ({err})"
+                ) from err
             try:
                 self._inspect(tifflog)
             except tifffile.TiffFileError as err:
@@ -149,8 +167,10 @@ class TiffStack:
         all_series = list(tif.series)
         if self._series_index is not None:
             if not 0 <= self._series_index < len(all_series):
-                raise UnsupportedFileError(f"{self.path}: no series {self._series_index} (the "
-                                           f"file holds {len(all_series)})")
+                raise UnsupportedFileError(
+                    f"{self.path}: no series {self._series_index} (the "
+                    f"file holds {len(all_series)})"
+                )
             all_series = [all_series[self._series_index]]
         self._check_companion_files()
         self.axes = all_series[0].axes
@@ -167,12 +187,15 @@ class TiffStack:
                 self._check_all_pages_covered()
         shapes = {(h, w, dtype) for *_, h, w, dtype in parts}
         if len(shapes) > 1:
-            listing = "; ".join(f"series {i}: {len(p)} x {h} x {w} {dtype}"
-                                for i, (p, _, _, h, w, dtype) in enumerate(parts))
+            listing = "; ".join(
+                f"series {i}: {len(p)} x {h} x {w} {dtype}"
+                for i, (p, _, _, h, w, dtype) in enumerate(parts)
+            )
             raise UnsupportedFileError(
                 f"{self.path}: its series have different frame shapes or types ({listing}); "
-                "choose one with --series N (TiffStack(path, series=N))")
-        (height, width, self.dtype), = shapes
+                "choose one with --series N (TiffStack(path, series=N))"
+            )
+        ((height, width, self.dtype),) = shapes
         declared_frames, kept = 0, []
         for planes, available, reader, *_ in parts:
             declared_frames += len(planes)
@@ -183,8 +206,9 @@ class TiffStack:
         n_frames = sum(len(p) for p, _ in kept)
         broken = [r.getMessage() for r in tifflog if _explained(r)]
         if n_frames < declared_frames or (broken and unknown_length):
-            self._truncated(None if unknown_length else declared_frames, n_frames,
-                            broken[0] if broken else None)
+            self._truncated(
+                None if unknown_length else declared_frames, n_frames, broken[0] if broken else None
+            )
         self._parts = [p for p in kept if len(p[0])]
         self.shape = (n_frames, height, width)
         if n_frames == 0:
@@ -207,13 +231,16 @@ class TiffStack:
         if tif.is_imagej and tif.imagej_metadata:
             meta = tif.imagej_metadata
             order = _IMAGEJ_ORDER.get(str(meta.get("order", "czt")).lower(), "TZC")
-            counts = {"T": meta.get("frames", 1), "Z": meta.get("slices", 1),
-                      "C": meta.get("channels", 1)}
+            counts = {
+                "T": meta.get("frames", 1),
+                "Z": meta.get("slices", 1),
+                "C": meta.get("channels", 1),
+            }
             axes, shape = order, tuple(int(counts[a]) for a in order)
         elif tif.is_shaped and len(tif.shaped_metadata) == 1:
             meta = tif.shaped_metadata[0]
             shape = tuple(int(n) for n in meta["shape"][:-2])
-            axes = str(meta.get("axes", "Q" * (len(shape) + 2)))[:len(shape)]
+            axes = str(meta.get("axes", "Q" * (len(shape) + 2)))[: len(shape)]
         if int(np.prod(shape)) != declared or len(axes) != len(shape):
             return "I", (declared,)
         kept = [(a, n) for a, n in zip(axes, shape) if n > 1] or [("I", 1)]
@@ -231,7 +258,8 @@ class TiffStack:
         if "S" in axes or series.keyframe.photometric in (tifffile.PHOTOMETRIC.RGB,):
             raise UnsupportedFileError(
                 f"{self.path}: RGB/multi-sample TIFF (axes {axes}, shape {series.shape}); "
-                "expected grey-level frames - convert to 8/16/32-bit grey first")
+                "expected grey-level frames - convert to 8/16/32-bit grey first"
+            )
         shape = tuple(int(n) for n in series.shape)
         height, width, dtype = shape[-2], shape[-1], self._check_dtype(series.dtype)
         planes = self._choose(axes[:-2], shape[:-2], axes, shape)
@@ -244,7 +272,8 @@ class TiffStack:
             if tuple(series.keyframe.shape) != (height, width):
                 raise UnsupportedFileError(
                     f"{self.path}: pages of {series.keyframe.shape} pixels in a series of axes "
-                    f"{axes}, shape {shape}; expected one {height} x {width} plane per page")
+                    f"{axes}, shape {shape}; expected one {height} x {width} plane per page"
+                )
             available = self._intact_pages(series, n_planes, planes)
             reader = self._paged(series, height, width)
         return planes, available, reader, height, width, dtype
@@ -254,8 +283,10 @@ class TiffStack:
         pages = self._tif.pages
         page = pages.first
         if len(page.shape) != 2:
-            raise UnsupportedFileError(f"{self.path}: truncated or damaged file of pages of "
-                                       f"shape {page.shape}; expected 2-D grey-level frames")
+            raise UnsupportedFileError(
+                f"{self.path}: truncated or damaged file of pages of "
+                f"shape {page.shape}; expected 2-D grey-level frames"
+            )
         height, width = page.shape
         dtype = self._check_dtype(page.dtype)
         axes, shape = self._declared_layout(declared)
@@ -263,20 +294,30 @@ class TiffStack:
         plane_bytes = height * width * dtype.itemsize
         start = page.dataoffsets[0]
         if page.is_contiguous and all(  # every page found holds one plane, each after the last
-                tuple(p.dataoffsets) == (start + i * plane_bytes,)
-                and tuple(p.databytecounts) == (plane_bytes,) for i, p in enumerate(pages)):
+            tuple(p.dataoffsets) == (start + i * plane_bytes,)
+            and tuple(p.databytecounts) == (plane_bytes,)
+            for i, p in enumerate(pages)
+        ):
             # contiguous pixels (ImageJ, tifffile): their IFDs may be lost, the pixels not
             available = min(declared, max(0, (self._size() - start) // plane_bytes))
-            return planes, available, self._mapped(start, available, height, width, dtype), \
-                height, width, dtype
+            return (
+                planes,
+                available,
+                self._mapped(start, available, height, width, dtype),
+                height,
+                width,
+                dtype,
+            )
         available = self._intact_pages(pages, declared, planes)
         return planes, available, self._paged(None, height, width), height, width, dtype
 
     def _check_dtype(self, dtype):
         dtype = np.dtype(dtype)
         if dtype.name not in SUPPORTED_DTYPES:
-            raise UnsupportedFileError(f"{self.path}: pixel type {dtype} is not supported "
-                                       f"(supported: {', '.join(SUPPORTED_DTYPES)})")
+            raise UnsupportedFileError(
+                f"{self.path}: pixel type {dtype} is not supported "
+                f"(supported: {', '.join(SUPPORTED_DTYPES)})"
+            )
         return dtype
 
     def _choose(self, axes, shape, all_axes, all_shape):
@@ -289,7 +330,8 @@ class TiffStack:
             if pick is not None and axis not in axes and pick != 0:
                 raise UnsupportedFileError(
                     f"{self.path}: no {CHOICES[axis][0]} {pick}: the file has no {axis} axis "
-                    f"(axes {all_axes}, shape {all_shape}; 0-based)")
+                    f"(axes {all_axes}, shape {all_shape}; 0-based)"
+                )
         index, left = [], []
         for axis, n in zip(axes, shape):
             pick = self._picks.get(axis)
@@ -299,7 +341,8 @@ class TiffStack:
             elif not 0 <= pick < n:
                 raise UnsupportedFileError(
                     f"{self.path}: no {CHOICES[axis][0]} {pick}: axis {axis} holds {n} (0 to "
-                    f"{n - 1}; axes {all_axes}, shape {all_shape})")
+                    f"{n - 1}; axes {all_axes}, shape {all_shape})"
+                )
             else:
                 index.append(pick)
         if len(left) > 1:
@@ -309,16 +352,22 @@ class TiffStack:
     def _ambiguous(self, left, axes, shape):
         options = [CHOICES[a] for a in left if a in CHOICES]
         others = [a for a in left if a not in CHOICES]
-        text = (f"{self.path}: a {len(shape)}-D hyperstack (axes {axes}, shape {shape}) with "
-                f"several planes along {' and '.join(left)}; defcon counts one 2-D plane per "
-                "frame")
+        text = (
+            f"{self.path}: a {len(shape)}-D hyperstack (axes {axes}, shape {shape}) with "
+            f"several planes along {' and '.join(left)}; defcon counts one 2-D plane per "
+            "frame"
+        )
         if len(others) > 1:
-            return (text + f" and no option chooses along {' or '.join(others)}: save one "
-                    "stack per plane first (Fiji: Image > Hyperstacks > Reduce Dimensionality)")
+            return (
+                text + f" and no option chooses along {' or '.join(others)}: save one "
+                "stack per plane first (Fiji: Image > Hyperstacks > Reduce Dimensionality)"
+            )
         flags = " and/or ".join(f"{flag} N" for _, flag in options)
         keywords = ", ".join(f"{key}=N" for key, _ in options)
-        return (text + f": choose a plane with {flags} (0-based; in Python "
-                f"TiffStack(path, {keywords})) so that one axis is left as frames")
+        return (
+            text + f": choose a plane with {flags} (0-based; in Python "
+            f"TiffStack(path, {keywords})) so that one axis is left as frames"
+        )
 
     def _intact_pages(self, pages, n_planes, planes):
         """Storage planes, from the first, whose pages hold all their pixels in the file."""
@@ -347,7 +396,8 @@ class TiffStack:
                 raise UnsupportedFileError(
                     f"{self.path}: frame(s) {shown}{' ...' if frames.size > 10 else ''} "
                     f"(1-based) have no pixel data in the file ({len(missing)} of "
-                    f"{n_planes} planes are missing)")
+                    f"{n_planes} planes are missing)"
+                )
         return available
 
     def _check_companion_files(self):
@@ -358,20 +408,23 @@ class TiffStack:
             root = ElementTree.fromstring(self._tif.ome_metadata)
         except (ElementTree.ParseError, TypeError):
             return
-        names = {e.attrib["FileName"] for e in root.iter()
-                 if e.tag.endswith("UUID") and "FileName" in e.attrib}
+        names = {
+            e.attrib["FileName"]
+            for e in root.iter()
+            if e.tag.endswith("UUID") and "FileName" in e.attrib
+        }
         missing = sorted(n for n in names if not (self.path.parent / n).is_file())
         if missing:
             raise MissingFileError(
                 f"{self.path}: multi-file OME-TIFF whose companion file(s) "
                 f"{', '.join(missing)} are missing from {self.path.parent} (its OME-XML "
-                f"lists {len(names)} files); put them beside it")
+                f"lists {len(names)} files); put them beside it"
+            )
 
     def _check_all_pages_covered(self):
         """Raise when the file holds pages that none of its series reads."""
         tif = self._tif
-        covered = sum(self._pages_here(level) for series in tif.series
-                      for level in series.levels)
+        covered = sum(self._pages_here(level) for series in tif.series for level in series.levels)
         held = len(tif.pages)
         if covered < held:
             held = sum(1 for page in tif.pages if any(page.databytecounts))  # not empty ones
@@ -380,7 +433,8 @@ class TiffStack:
             raise UnsupportedFileError(
                 f"{self.path}: holds {held} images but its {series.kind} metadata describe "
                 f"{covered} (axes {series.axes}, shape {series.shape}); the other "
-                f"{held - covered} would not be read - fix the metadata or re-save the stack")
+                f"{held - covered} would not be read - fix the metadata or re-save the stack"
+            )
 
     def _pages_here(self, series):
         """Pages of this file that ``series`` reads."""
@@ -389,15 +443,23 @@ class TiffStack:
         return sum(1 for page in series if page is not None and page.parent is self._tif)
 
     def _truncated(self, declared, complete, reason=None):
-        what = (f"it declares {declared} frames but ends after frame {complete}" if declared
-                else f"it ends after frame {complete} (no metadata records how many frames it "
-                f"held{'; tifffile: ' + reason if reason else ''})")
+        what = (
+            f"it declares {declared} frames but ends after frame {complete}"
+            if declared
+            else f"it ends after frame {complete} (no metadata records how many frames it "
+            f"held{'; tifffile: ' + reason if reason else ''})"
+        )
         if not self._allow_truncated:
             raise UnsupportedFileError(
                 f"{self.path}: truncated or damaged file: {what} (1-based; the last complete "
-                "frame); --allow-truncated (allow_truncated=True) reads the intact frames")
-        log.warning("%s: truncated or damaged file: %s; reading the %d intact frames",
-                    self.path, what, complete)
+                "frame); --allow-truncated (allow_truncated=True) reads the intact frames"
+            )
+        log.warning(
+            "%s: truncated or damaged file: %s; reading the %d intact frames",
+            self.path,
+            what,
+            complete,
+        )
         self.truncated = (declared, complete)
 
     def _size(self):
@@ -415,18 +477,22 @@ class TiffStack:
 
         def read(planes):
             # a view of the map only while reading: the map can always be closed
-            data = np.frombuffer(self._mapping, stored, count=n_planes * height * width,
-                                 offset=offset).reshape(n_planes, height, width)
+            data = np.frombuffer(
+                self._mapping, stored, count=n_planes * height * width, offset=offset
+            ).reshape(n_planes, height, width)
             if len(planes) and planes[-1] - planes[0] == len(planes) - 1:  # a range
-                return data[planes[0]:planes[-1] + 1].astype(native)
+                return data[planes[0] : planes[-1] + 1].astype(native)
             return data[planes].astype(native, copy=False)
+
         return read
 
     def _paged(self, series, height, width):
         """Reader of planes page by page (of ``series``, or of the file when None)."""
+
         def read(planes):
             frames = self._tif.asarray(key=[int(p) for p in planes], series=series)
             return frames.reshape((len(planes), height, width))
+
         return read
 
     def _release_pages(self):
@@ -490,7 +556,8 @@ class TiffStack:
                 numbers = ", ".join(str(start + i + 1) for i in bad[:10])
                 raise UnsupportedFileError(
                     f"{self.path}: frame(s) {numbers} (1-based) hold NaN or infinite pixels; "
-                    "counts there would be meaningless")
+                    "counts there would be meaningless"
+                )
         return frames
 
     def chunks(self, chunk_frames):

@@ -54,9 +54,12 @@ SCHEMA = {
         "countcalibration": (bool, True, None),
     },
     "SegNet": dict(_STAGE_KEYS),
-    "DensityNet": {"lambdafactor": (float, 0.01, _NON_NEGATIVE),
-                   "frameweightscale": (float, 0.0, _NON_NEGATIVE),
-                   "freezesegmentation": (bool, True, None), **_STAGE_KEYS},
+    "DensityNet": {
+        "lambdafactor": (float, 0.01, _NON_NEGATIVE),
+        "frameweightscale": (float, 0.0, _NON_NEGATIVE),
+        "freezesegmentation": (bool, True, None),
+        **_STAGE_KEYS,
+    },
 }
 HISTORY_COLUMNS = ("epoch", "stage", "loss", "val_loss", "val_count_mae")
 
@@ -95,14 +98,19 @@ class TrainingConfig:
 
     @property
     def model_file(self):
-        """``OutputDir/<ModelName without suffix>.keras`` (``x.h5`` is saved as ``x.keras``,
-        with a warning in the log)."""
+        """``OutputDir/<ModelName without suffix>.keras``.
+
+        ``x.h5`` is saved as ``x.keras``, with a warning in the log.
+        """
         return self.outputdir / (Path(self.modelname).stem + ".keras")
 
     @property
     def checkpoint_file(self):
-        """``OutputDir/<ModelName>.best.keras``: the density stage's best epoch so far,
-        before calibration (the model file is written only when training succeeded)."""
+        """``OutputDir/<ModelName>.best.keras``: the density stage's best epoch so far.
+
+        Saved before calibration; the model file is written only when training
+        succeeded.
+        """
         return self.outputdir / (Path(self.modelname).stem + ".best.keras")
 
 
@@ -142,25 +150,32 @@ def read_config(config_file):
             problems.append(f"missing section [{section}]")
             continue
         unknown = sorted(set(parser[section]) - set(keys))
-        problems += [f"[{section}] {key}: unknown key (known: "
-                     f"{', '.join(_display(k) for k in keys)})" for key in unknown]
+        problems += [
+            f"[{section}] {key}: unknown key (known: {', '.join(_display(k) for k in keys)})"
+            for key in unknown
+        ]
         for key, spec in keys.items():
-            values[section, key] = _read_value(parser[section], section, key, spec, path.parent,
-                                               problems)
+            values[section, key] = _read_value(
+                parser[section], section, key, spec, path.parent, problems
+            )
     unknown_sections = [s for s in parser.sections() if s not in SCHEMA]
     problems += [f"[{s}]: unknown section (known: {', '.join(SCHEMA)})" for s in unknown_sections]
     if not problems:
         _check_paths(values, problems)
     if not problems and values["DensityNet", "numepochs"] == 0:
-        problems.append("[DensityNet] NumEpochs: must be at least 1 (the density network is "
-                        "the model)")
+        problems.append(
+            "[DensityNet] NumEpochs: must be at least 1 (the density network is the model)"
+        )
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
     general = {key: values["General", key] for key in SCHEMA["General"]}
-    stage = {name: StageConfig(**{key: values[name, key] for key in SCHEMA[name]})
-             for name in ("SegNet", "DensityNet")}
-    return TrainingConfig(config_file=path, **general, seg=stage["SegNet"],
-                          density=stage["DensityNet"])
+    stage = {
+        name: StageConfig(**{key: values[name, key] for key in SCHEMA[name]})
+        for name in ("SegNet", "DensityNet")
+    }
+    return TrainingConfig(
+        config_file=path, **general, seg=stage["SegNet"], density=stage["DensityNet"]
+    )
 
 
 def _parse_ini(path, encoding):
@@ -170,16 +185,26 @@ def _parse_ini(path, encoding):
     return parser
 
 
-_DISPLAY = {"modelname": "ModelName", "trainingsetpath": "TrainingSetPath",
-            "outputdir": "OutputDir", "weightdir": "WeightDir", "seed": "Seed",
-            "patience": "Patience", "reducelrpatience": "ReduceLRPatience",
-            "dropoutrate": "DropoutRate",
-            "initialmodel": "InitialModel", "augment": "Augment",
-            "countcalibration": "CountCalibration",
-            "batchsize": "BatchSize", "numepochs": "NumEpochs",
-            "validationsplit": "ValidationSplit", "adamlr": "AdamLR",
-            "lambdafactor": "LambdaFactor", "freezesegmentation": "FreezeSegmentation",
-            "frameweightscale": "FrameWeightScale"}
+_DISPLAY = {
+    "modelname": "ModelName",
+    "trainingsetpath": "TrainingSetPath",
+    "outputdir": "OutputDir",
+    "weightdir": "WeightDir",
+    "seed": "Seed",
+    "patience": "Patience",
+    "reducelrpatience": "ReduceLRPatience",
+    "dropoutrate": "DropoutRate",
+    "initialmodel": "InitialModel",
+    "augment": "Augment",
+    "countcalibration": "CountCalibration",
+    "batchsize": "BatchSize",
+    "numepochs": "NumEpochs",
+    "validationsplit": "ValidationSplit",
+    "adamlr": "AdamLR",
+    "lambdafactor": "LambdaFactor",
+    "freezesegmentation": "FreezeSegmentation",
+    "frameweightscale": "FrameWeightScale",
+}
 
 
 def _display(key):
@@ -259,12 +284,18 @@ def train(config_file, verbose=1, overwrite=False):
     """
     config = read_config(config_file)
     if Path(config.modelname).suffix.lower() not in ("", ".keras"):
-        log.warning("ModelName = %s: the model is saved in Keras 3 format as %s (load it "
-                    "with FCN.from_file)", config.modelname, config.model_file)
+        log.warning(
+            "ModelName = %s: the model is saved in Keras 3 format as %s (load it "
+            "with FCN.from_file)",
+            config.modelname,
+            config.model_file,
+        )
     if config.model_file.exists() and not overwrite:
-        raise OverwriteError(f"{config.model_file}: a trained model is already there; pass "
-                             "--overwrite (overwrite=True) to replace it, or change ModelName "
-                             "or OutputDir")
+        raise OverwriteError(
+            f"{config.model_file}: a trained model is already there; pass "
+            "--overwrite (overwrite=True) to replace it, or change ModelName "
+            "or OutputDir"
+        )
     keras.utils.set_random_seed(config.seed)
     config.outputdir.mkdir(parents=True, exist_ok=True)
     config.weightdir.mkdir(parents=True, exist_ok=True)
@@ -274,23 +305,39 @@ def train(config_file, verbose=1, overwrite=False):
     initial = FCN.from_file(config.initialmodel) if config.initialmodel else None
     history = _History(config.outputdir / "history.tsv")
     with open_compact_set(config.trainingsetpath) as h5file:
-        seg_model = FCN(output="seg", seed=config.seed, name=Path(config.modelname).stem,
-                        dropout_rate=config.dropoutrate)
+        seg_model = FCN(
+            output="seg",
+            seed=config.seed,
+            name=Path(config.modelname).stem,
+            dropout_rate=config.dropoutrate,
+        )
         if initial is not None:
             copy_weights_by_name(initial, seg_model)
         seg_weights = config.weightdir / (Path(config.modelname).stem + ".seg.weights.h5")
         _fit_stage(seg_model, "seg", config.seg, config, h5file, seg_weights, history, verbose)
 
-        density_model = FCN(output="density", seed=config.seed, name=Path(config.modelname).stem,
-                            dropout_rate=config.dropoutrate)
+        density_model = FCN(
+            output="density",
+            seed=config.seed,
+            name=Path(config.modelname).stem,
+            dropout_rate=config.dropoutrate,
+        )
         if initial is not None:
             copy_weights_by_name(initial, density_model)
         copy_weights_by_name(seg_model, density_model)
         for layer in density_model.layers:
             if layer.name in SEGMENTATION_LAYER_NAMES:
                 layer.trainable = not config.density.freezesegmentation
-        val_batches = _fit_stage(density_model, "density", config.density, config, h5file,
-                                 config.checkpoint_file, history, verbose)
+        val_batches = _fit_stage(
+            density_model,
+            "density",
+            config.density,
+            config,
+            h5file,
+            config.checkpoint_file,
+            history,
+            verbose,
+        )
         count_scale = 1.0
         if config.countcalibration:
             count_scale = _calibrate_count(density_model, val_batches, config.config_file)
@@ -298,9 +345,15 @@ def train(config_file, verbose=1, overwrite=False):
     with atomic_path(config.model_file) as tmp:
         density_model.save(tmp)
     curves = _plot_curves(history.rows, config.outputdir / "curves.png")
-    return {"model": config.model_file, "history": history.path, "curves": curves,
-            "config": config_copy, "seg_weights": seg_weights, "count_scale": count_scale,
-            "best_val_count_mae": history.best("density", "val_count_mae")}
+    return {
+        "model": config.model_file,
+        "history": history.path,
+        "curves": curves,
+        "config": config_copy,
+        "seg_weights": seg_weights,
+        "count_scale": count_scale,
+        "best_val_count_mae": history.best("density", "val_count_mae"),
+    }
 
 
 def _calibrate_count(model, val_batches, config_file):
@@ -332,12 +385,18 @@ def _calibrate_count(model, val_batches, config_file):
         raise TrainingError(
             f"{config_file}: count calibration impossible: the validation frames hold "
             f"{target:.3g} emitters and the network predicts {predicted:.3g}; train on data "
-            "with emitters, or set CountCalibration = false")
+            "with emitters, or set CountCalibration = false"
+        )
     scale = target / predicted
     layer = model.get_layer("density")
     layer.set_weights([w * np.float32(scale) for w in layer.get_weights()])
-    log.info("count calibration: predictions scaled by %.4f so validation counts match "
-             "(%.1f emitters in %d batches)", scale, target, len(val_batches))
+    log.info(
+        "count calibration: predictions scaled by %.4f so validation counts match "
+        "(%.1f emitters in %d batches)",
+        scale,
+        target,
+        len(val_batches),
+    )
     return scale
 
 
@@ -352,42 +411,69 @@ def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbo
     n_frames = h5file["input"]["input"].shape[0]
     n_val = max(1, int(round(n_frames * settings.validationsplit)))
     if n_frames - n_val < 1:
-        raise ConfigError(f"{config.config_file}: ValidationSplit {settings.validationsplit} "
-                          f"leaves no training frame out of {n_frames}")
+        raise ConfigError(
+            f"{config.config_file}: ValidationSplit {settings.validationsplit} "
+            f"leaves no training frame out of {n_frames}"
+        )
     # The compact set is shuffled already; the last frames validate, as Keras'
     # validation_split does, so the split is the same on every run.
-    train_batches = CompactSetBatches(h5file, stage, (0, n_frames - n_val), settings.batchsize,
-                                      shuffle=True, augment=config.augment, seed=config.seed)
-    val_batches = CompactSetBatches(h5file, stage, (n_frames - n_val, n_frames),
-                                    settings.batchsize, shuffle=False)
+    train_batches = CompactSetBatches(
+        h5file,
+        stage,
+        (0, n_frames - n_val),
+        settings.batchsize,
+        shuffle=True,
+        augment=config.augment,
+        seed=config.seed,
+    )
+    val_batches = CompactSetBatches(
+        h5file, stage, (n_frames - n_val, n_frames), settings.batchsize, shuffle=False
+    )
     if stage == "seg":
         loss, metrics = keras.losses.BinaryCrossentropy(), []
     else:
         loss, metrics = DensityLoss(settings.lambdafactor, settings.frameweightscale), [CountMAE()]
     model.compile(optimizer=keras.optimizers.Adam(settings.adamlr), loss=loss, metrics=metrics)
-    log.info("stage %s: %d training and %d validation frames, batch %d, up to %d epochs",
-             stage, n_frames - n_val, n_val, settings.batchsize, settings.numepochs)
+    log.info(
+        "stage %s: %d training and %d validation frames, batch %d, up to %d epochs",
+        stage,
+        n_frames - n_val,
+        n_val,
+        settings.batchsize,
+        settings.numepochs,
+    )
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
         _BestModelSaver(best_file, weights_only=stage == "seg"),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=max(config.patience, 1),
-                                      restore_best_weights=True),
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=max(config.patience, 1), restore_best_weights=True
+        ),
         # The count term makes val_loss swing from epoch to epoch at AdamLR 1e-3;
         # halving the rate when it stalls settles the count scale.
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                          patience=max(config.reducelrpatience, 1),
-                                          min_lr=settings.adamlr / 64, verbose=0),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss",
+            factor=0.5,
+            patience=max(config.reducelrpatience, 1),
+            min_lr=settings.adamlr / 64,
+            verbose=0,
+        ),
         history.callback(stage),
     ]
-    fit = model.fit(train_batches.dataset(), validation_data=val_batches.dataset(),
-                    epochs=settings.numepochs, callbacks=callbacks, verbose=verbose,
-                    shuffle=False)  # the batches shuffle themselves, in bounded blocks
+    fit = model.fit(
+        train_batches.dataset(),
+        validation_data=val_batches.dataset(),
+        epochs=settings.numepochs,
+        callbacks=callbacks,
+        verbose=verbose,
+        shuffle=False,
+    )  # the batches shuffle themselves, in bounded blocks
     losses = fit.history.get("loss", []) + fit.history.get("val_loss", [])
     if not losses or not np.all(np.isfinite(losses)):
         raise TrainingError(
             f"{config.config_file}: stage {stage} diverged (loss {losses[-1] if losses else None}"
             f" after {len(fit.history.get('loss', []))} epochs); lower AdamLR. Nothing was "
-            "saved as the model")
+            "saved as the model"
+        )
     return val_batches
 
 
@@ -419,13 +505,19 @@ class _History:
     def callback(self, stage):
         """A Keras callback appending one row per epoch of ``stage``."""
         return keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: self.add(stage, epoch, logs or {}))
+            on_epoch_end=lambda epoch, logs: self.add(stage, epoch, logs or {})
+        )
 
     def add(self, stage, epoch, logs):
-        self.rows.append({"epoch": epoch + 1, "stage": stage,
-                          "loss": logs.get("loss", math.nan),
-                          "val_loss": logs.get("val_loss", math.nan),
-                          "val_count_mae": logs.get("val_count_mae", math.nan)})
+        self.rows.append(
+            {
+                "epoch": epoch + 1,
+                "stage": stage,
+                "loss": logs.get("loss", math.nan),
+                "val_loss": logs.get("val_loss", math.nan),
+                "val_count_mae": logs.get("val_count_mae", math.nan),
+            }
+        )
         self.write()
 
     def write(self):
@@ -435,8 +527,11 @@ class _History:
             tmp.write_text("\n".join(lines) + "\n")
 
     def best(self, stage, column):
-        values = [row[column] for row in self.rows if row["stage"] == stage
-                  and not math.isnan(row[column])]
+        values = [
+            row[column]
+            for row in self.rows
+            if row["stage"] == stage and not math.isnan(row[column])
+        ]
         return min(values) if values else math.nan
 
 
@@ -452,21 +547,25 @@ def _plot_curves(rows, path):
     import matplotlib.pyplot as plt
 
     stages = [s for s in ("seg", "density") if any(r["stage"] == s for r in rows)]
-    fig, axes = plt.subplots(1, len(stages) + 1, figsize=(4.5 * (len(stages) + 1), 3.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(stages) + 1, figsize=(4.5 * (len(stages) + 1), 3.6), squeeze=False
+    )
     axes = axes[0]
     for ax, stage in zip(axes, stages):
         epochs = [r["epoch"] for r in rows if r["stage"] == stage]
         for column in ("loss", "val_loss"):
-            ax.plot(epochs, [r[column] for r in rows if r["stage"] == stage], marker="o",
-                    label=column)
+            ax.plot(
+                epochs, [r[column] for r in rows if r["stage"] == stage], marker="o", label=column
+            )
         ax.set(title=f"{stage} stage", xlabel="epoch", ylabel="loss", yscale="log")
         ax.legend()
     density = [r for r in rows if r["stage"] == "density"]
-    axes[-1].plot([r["epoch"] for r in density], [r["val_count_mae"] for r in density],
-                  marker="o", color="C2")
-    axes[-1].set(title="validation count error", xlabel="epoch",
-                 ylabel="mean |count error| per frame")
+    axes[-1].plot(
+        [r["epoch"] for r in density], [r["val_count_mae"] for r in density], marker="o", color="C2"
+    )
+    axes[-1].set(
+        title="validation count error", xlabel="epoch", ylabel="mean |count error| per frame"
+    )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)

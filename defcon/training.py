@@ -37,9 +37,11 @@ def train(config_file, architecture=None, **kwargs):
     from .train import train as train_from_config
 
     if architecture not in (None, models.DEFCoN):
-        raise ConfigError(f"train(architecture={getattr(architecture, '__name__', architecture)}):"
-                          " defcon trains the DEFCoN architecture only; drop architecture= and "
-                          "use defcon.train.train(config_file)")
+        raise ConfigError(
+            f"train(architecture={getattr(architecture, '__name__', architecture)}):"
+            " defcon trains the DEFCoN architecture only; drop architecture= and "
+            "use defcon.train.train(config_file)"
+        )
     return train_from_config(config_file, **kwargs)
 
 

@@ -1,5 +1,7 @@
-"""End to end on built-in defaults: simulate -> TrainingSet -> compact set -> train
--> count emitters in a held-out stack.
+"""End to end on built-in defaults, from simulation to counts on a held-out stack.
+
+Simulate -> TrainingSet -> compact set -> train -> count emitters in a
+held-out stack.
 
 Usage: python example/run_example.py [--out example/run] [--frames 1500]
 
@@ -26,6 +28,7 @@ CONFIG = HERE.parent / "configs" / "quickstart.ini"
 
 
 def main():
+    """Run the example; ``--help`` lists the options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=HERE / "run", type=Path, help="output folder")
     parser.add_argument("--frames", type=int, default=1500, help="frames per training stack")
@@ -38,23 +41,33 @@ def main():
     print("1. simulating two training stacks and one held-out stack (64 x 64, density sweeps)")
     stacks = {}
     for name, seed, photons in (("train1", 1, 2000), ("train2", 2, 1400), ("heldout", 3, 1700)):
-        summary = simulate(out / name, args.frames if name != "heldout" else 500, 64, 64,
-                           seed=seed, photon_rate=photons, density_sweep=True, progress=True)
+        summary = simulate(
+            out / name,
+            args.frames if name != "heldout" else 500,
+            64,
+            64,
+            seed=seed,
+            photon_rate=photons,
+            density_sweep=True,
+            progress=True,
+        )
         stacks[name] = summary
-        print(f"   {summary['stack']}: {summary['n_frames']} frames, "
-              f"{summary['emitters_per_frame_min']} to {summary['emitters_per_frame_max']} "
-              "emitters per frame")
+        print(
+            f"   {summary['stack']}: {summary['n_frames']} frames, "
+            f"{summary['emitters_per_frame_min']} to {summary['emitters_per_frame_max']} "
+            "emitters per frame"
+        )
 
     print("2. building the TrainingSet")
     with TrainingSet(out / "training.h5", "w") as ts:
         for name in ("train1", "train2"):
-            ts.add_dataset(name, stacks[name]["stack"], stacks[name]["frame_logger"],
-                           progress=True)
+            ts.add_dataset(name, stacks[name]["stack"], stacks[name]["frame_logger"], progress=True)
         ts.summary()
 
     print("3. compacting (shuffle + augment)")
-    compact_set(out / "training.h5", out / "compact.h5", shuffle=True, augment=True, seed=0,
-                progress=True)
+    compact_set(
+        out / "training.h5", out / "compact.h5", shuffle=True, augment=True, seed=0, progress=True
+    )
 
     print(f"4. training from {CONFIG.name}")
     config = out / CONFIG.name
@@ -69,8 +82,10 @@ def main():
     truth = count_per_frame(held["frame_logger"], held["n_frames"], height=64, width=64)
     error = np.abs(counts - truth)
     print(f"   {held['n_frames']} frames, {truth.min()} to {truth.max()} emitters per frame")
-    print(f"   count error per frame: mean {error.mean():.2f}, median {np.median(error):.2f} "
-          f"({100 * error.sum() / truth.sum():.1f} % of all emitters)")
+    print(
+        f"   count error per frame: mean {error.mean():.2f}, median {np.median(error):.2f} "
+        f"({100 * error.sum() / truth.sum():.1f} % of all emitters)"
+    )
     print(f"   density maps: {out / 'heldout_density.tif'}")
     overlay = plot_overlay(held, out / "heldout_density.tif", counts, truth, out / "overlay.png")
     print(f"   a crowded frame beside its density map: {overlay}")
@@ -89,8 +104,9 @@ def plot_overlay(simulation, density_file, counts, truth, path):
     index = int(np.argmax(truth))
     frame = tifffile.imread(simulation["stack"], key=index)
     density = tifffile.imread(density_file, key=index)
-    emitters = pd.read_csv(simulation["frame_logger"]).query(f"frame == {index + 1} and "
-                                                               "brightness > 250")
+    emitters = pd.read_csv(simulation["frame_logger"]).query(
+        f"frame == {index + 1} and brightness > 250"
+    )
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.4))
     axes[0].imshow(frame, cmap="gray")
     axes[0].set_title(f"frame {index + 1}: {truth[index]} emitters")
@@ -98,8 +114,14 @@ def plot_overlay(simulation, density_file, counts, truth, path):
     axes[1].set_title(f"density map: count {counts[index]:.1f}")
     for ax in axes:
         # Pixel (r, c) is centred at (c + 0.5, r + 0.5); imshow centres it at (c, r).
-        ax.scatter(emitters.x - 0.5, emitters.y - 0.5, s=12, facecolors="none",
-                   edgecolors="cyan", linewidths=0.8)
+        ax.scatter(
+            emitters.x - 0.5,
+            emitters.y - 0.5,
+            s=12,
+            facecolors="none",
+            edgecolors="cyan",
+            linewidths=0.8,
+        )
         ax.set_axis_off()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

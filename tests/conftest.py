@@ -49,8 +49,16 @@ def make_ground_truth(n_frames, height, width, per_frame, seed, margin=4.0):
     rows = []
     for frame in range(1, n_frames + 1):
         for _ in range(int(per_frame[frame - 1]) if np.ndim(per_frame) else per_frame):
-            rows.append((frame, len(rows), rng.uniform(margin, width - margin),
-                         rng.uniform(margin, height - margin), 0.0, rng.uniform(300, 3000)))
+            rows.append(
+                (
+                    frame,
+                    len(rows),
+                    rng.uniform(margin, width - margin),
+                    rng.uniform(margin, height - margin),
+                    0.0,
+                    rng.uniform(300, 3000),
+                )
+            )
     return pd.DataFrame(rows, columns=["frame", "id", "x", "y", "z", "brightness"])
 
 
@@ -59,8 +67,9 @@ def render_stack(ground_truth, n_frames, height, width, seed, dtype=np.uint16):
     from defcon.groundtruth import density_stack
 
     rng = np.random.default_rng(seed)
-    density = density_stack(ground_truth, n_frames, height, width, sigma=1.3,
-                            brightness_threshold=None)
+    density = density_stack(
+        ground_truth, n_frames, height, width, sigma=1.3, brightness_threshold=None
+    )
     image = 100 + 800 * density + rng.normal(0, 5, density.shape)
     return np.clip(image, 0, np.iinfo(dtype).max).astype(dtype)
 
@@ -121,8 +130,9 @@ def write_config(tmp_path):
 
     def write(training_set, extra="", text=None):
         path = tmp_path / "config.ini"
-        path.write_text(text if text is not None else
-                        TINY_CONFIG.format(training_set=training_set, extra=extra))
+        path.write_text(
+            text if text is not None else TINY_CONFIG.format(training_set=training_set, extra=extra)
+        )
         return path
 
     return write

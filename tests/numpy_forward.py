@@ -14,7 +14,7 @@ def conv_same(x, kernel, bias, stride):
     out = np.zeros((out_h, out_w, kernel.shape[3]), np.float64)
     for a in range(kh):
         for b in range(kw):
-            window = padded[a:a + stride * out_h:stride, b:b + stride * out_w:stride]
+            window = padded[a : a + stride * out_h : stride, b : b + stride * out_w : stride]
             out += window @ kernel[a, b]
     return out + (0 if bias is None else bias)
 
@@ -30,8 +30,8 @@ def deconv_same(x, kernel, bias, stride):
     for a in range(kh):
         for b in range(kw):
             contribution = x @ kernel[a, b].T
-            big[a:a + stride * height:stride, b:b + stride * width:stride] += contribution
-    return big[pad_top:pad_top + out_h, pad_left:pad_left + out_w] + bias
+            big[a : a + stride * height : stride, b : b + stride * width : stride] += contribution
+    return big[pad_top : pad_top + out_h, pad_left : pad_left + out_w] + bias
 
 
 def relu(x):
@@ -43,14 +43,18 @@ def forward(weights, frame):
     x = frame.astype(np.float64)[..., None]
     span = x.max() - x.min()
     x = (x - x.min()) / span if span > 0 else np.zeros_like(x)
-    for name, stride in (("conv_seg_1", 1), ("conv_stride_1", 2), ("conv_seg_2", 1),
-                         ("conv_stride_2", 2), ("conv_seg_3", 1)):
+    for name, stride in (
+        ("conv_seg_1", 1),
+        ("conv_stride_1", 2),
+        ("conv_seg_2", 1),
+        ("conv_stride_2", 2),
+        ("conv_seg_3", 1),
+    ):
         x = relu(conv_same(x, *weights[name], stride))
     x = relu(deconv_same(x, *weights["deconv_seg_1"], 2))
     x = relu(deconv_same(x, *weights["decon_seg_2"], 2))
     x = 1 / (1 + np.exp(-conv_same(x, weights["seg"][0], None, 1)))
-    for name, stride in (("conv_1", 1), ("conv_2", 2), ("conv_3", 1), ("conv_4", 2),
-                         ("conv_5", 1)):
+    for name, stride in (("conv_1", 1), ("conv_2", 2), ("conv_3", 1), ("conv_4", 2), ("conv_5", 1)):
         x = relu(conv_same(x, *weights[name], stride))
     x = relu(deconv_same(x, *weights["deconv_1"], 2))
     x = relu(deconv_same(x, *weights["deconv_2"], 2))

@@ -9,22 +9,65 @@ from defcon.cli import build_parser, main
 
 def run(*args):
     """Run the defcon command in a fresh process, as a user would."""
-    return subprocess.run([sys.executable, "-m", "defcon.cli", *map(str, args)],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "defcon.cli", *map(str, args)], capture_output=True, text=True
+    )
 
 
 def test_simulate_build_compact_info_end_to_end(tmp_path, capsys):
     out = tmp_path / "sim"
-    assert main(["simulate", "--frames", "40", "--height", "24", "--width", "36", "--seed", "3",
-                 "--density-sweep", "--set", "photon_rate=1500", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--frames",
+                "40",
+                "--height",
+                "24",
+                "--width",
+                "36",
+                "--seed",
+                "3",
+                "--density-sweep",
+                "--set",
+                "photon_rate=1500",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "40 frames of 24 x 36" in capsys.readouterr().out
-    assert main(["build", str(tmp_path / "t.h5"), str(out / "stack.tif"),
-                 str(out / "frame_logger.csv"), "--sigma", "1.2"]) == 0
+    assert (
+        main(
+            [
+                "build",
+                str(tmp_path / "t.h5"),
+                str(out / "stack.tif"),
+                str(out / "frame_logger.csv"),
+                "--sigma",
+                "1.2",
+            ]
+        )
+        == 0
+    )
     assert "sim: shape = (40, 24, 36, 1), dtype = float32" in capsys.readouterr().out
     with h5py.File(tmp_path / "t.h5", "r") as f:
         assert f["target/sim"].attrs["sigma"] == 1.2
-    assert main(["compact", str(tmp_path / "t.h5"), str(tmp_path / "c.h5"), "--shuffle",
-                 "--augment", "--seed", "1"]) == 0
+    assert (
+        main(
+            [
+                "compact",
+                str(tmp_path / "t.h5"),
+                str(tmp_path / "c.h5"),
+                "--shuffle",
+                "--augment",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "input: shape = (40, 24, 36, 1)" in text and "shuffle: True" in text
     assert main(["info", str(tmp_path / "t.h5")]) == 0
@@ -35,7 +78,8 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     result = run("build", tmp_path / "t.h5", tmp_path / "missing.tif", tmp_path / "gt.csv")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"defcon build: error: {tmp_path / 'missing.tif'}: TIFF stack not found"]
+        f"defcon build: error: {tmp_path / 'missing.tif'}: TIFF stack not found"
+    ]
     result = run("simulate", "--frames", "5", "--out", tmp_path, "--set", "photon_rate=-3")
     assert result.returncode == 1 and "photon_rate" in result.stderr
     assert "Traceback" not in result.stderr
@@ -85,8 +129,24 @@ def test_predict_writes_counts_and_densities(tmp_path, sim_files, model_file, ca
 
     stack, _ = sim_files
     counts_file, density_file = tmp_path / "counts.csv", tmp_path / "density.tif"
-    assert main(["predict", str(model_file), str(stack), "--out", str(density_file),
-                 "--counts", str(counts_file), "--box", "5", "--batch-size", "7"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(model_file),
+                str(stack),
+                "--out",
+                str(density_file),
+                "--counts",
+                str(counts_file),
+                "--box",
+                "5",
+                "--batch-size",
+                "7",
+            ]
+        )
+        == 0
+    )
     assert "30 frames" in capsys.readouterr().out
     table = pd.read_csv(counts_file)
     assert list(table.columns) == ["frame", "count", "max_local_count", "flag"]
@@ -96,8 +156,9 @@ def test_predict_writes_counts_and_densities(tmp_path, sim_files, model_file, ca
     assert density.shape == (30, 24, 40) and density.dtype == np.float32
     np.testing.assert_allclose(table["count"], density.sum(axis=(1, 2)), atol=1e-3)
     boxes = np.lib.stride_tricks.sliding_window_view(density, (5, 5), axis=(1, 2))
-    np.testing.assert_allclose(table["max_local_count"], boxes.sum(axis=(-1, -2)).max(axis=(1, 2)),
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        table["max_local_count"], boxes.sum(axis=(-1, -2)).max(axis=(1, 2)), atol=1e-3
+    )
 
 
 def test_predict_bad_inputs(tmp_path, sim_files, model_file):
@@ -150,8 +211,9 @@ def hyperstack(stack_file, tmp_path):
     frames = tifffile.imread(stack_file)
     noise = np.random.default_rng(5).integers(0, 200, frames.shape).astype(frames.dtype)
     path = tmp_path / "hyper.tif"
-    tifffile.imwrite(path, np.stack([noise, frames], axis=1), imagej=True,
-                     metadata={"axes": "TCYX"})
+    tifffile.imwrite(
+        path, np.stack([noise, frames], axis=1), imagej=True, metadata={"axes": "TCYX"}
+    )
     return path, frames
 
 
@@ -163,20 +225,53 @@ def test_predict_and_build_choose_a_channel(tmp_path, sim_files, model_file, cap
     path, frames = hyperstack(stack, tmp_path)
     result = run("predict", model_file, path, "--counts", tmp_path / "c.csv")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"defcon predict: error: {path}: a 4-D hyperstack (axes TCYX, shape (30, 2, 24, 40))")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"defcon predict: error: {path}: a 4-D hyperstack (axes TCYX, shape (30, 2, 24, 40))"
+        )
+    )
     assert "--channel N" in result.stderr
     assert not (tmp_path / "c.csv").exists()
 
-    assert main(["predict", str(model_file), str(path), "--channel", "1",
-                 "--counts", str(tmp_path / "c.csv")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(model_file),
+                str(path),
+                "--channel",
+                "1",
+                "--counts",
+                str(tmp_path / "c.csv"),
+            ]
+        )
+        == 0
+    )
     assert "30 frames (channel 1)" in capsys.readouterr().out
     assert main(["predict", str(model_file), str(stack), "--counts", str(tmp_path / "d.csv")]) == 0
-    np.testing.assert_allclose(pd.read_csv(tmp_path / "c.csv")["count"],
-                               pd.read_csv(tmp_path / "d.csv")["count"], atol=1e-4)
+    np.testing.assert_allclose(
+        pd.read_csv(tmp_path / "c.csv")["count"],
+        pd.read_csv(tmp_path / "d.csv")["count"],
+        atol=1e-4,
+    )
 
-    assert main(["build", str(tmp_path / "t.h5"), str(path), str(csv_file), "--name", "h",
-                 "--channel", "1"]) == 0
+    assert (
+        main(
+            [
+                "build",
+                str(tmp_path / "t.h5"),
+                str(path),
+                str(csv_file),
+                "--name",
+                "h",
+                "--channel",
+                "1",
+            ]
+        )
+        == 0
+    )
     import h5py
 
     with h5py.File(tmp_path / "t.h5", "r") as f:
@@ -189,14 +284,30 @@ def test_predict_allow_truncated(tmp_path, sim_files, model_file, capsys):
     stack, _ = sim_files
     data = stack.read_bytes()
     cut = tmp_path / "cut.tif"
-    cut.write_bytes(data[:len(data) // 2])
+    cut.write_bytes(data[: len(data) // 2])
     result = run("predict", model_file, cut, "--counts", tmp_path / "c.csv")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"defcon predict: error: {cut}: truncated or damaged file: it declares 30 frames")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"defcon predict: error: {cut}: truncated or damaged file: it declares 30 frames"
+        )
+    )
     assert "--allow-truncated" in result.stderr
-    assert main(["predict", str(model_file), str(cut), "--allow-truncated",
-                 "--counts", str(tmp_path / "c.csv")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(model_file),
+                str(cut),
+                "--allow-truncated",
+                "--counts",
+                str(tmp_path / "c.csv"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     table = pd.read_csv(tmp_path / "c.csv")
     n = len(table)
@@ -219,10 +330,23 @@ def test_predict_nan_frames_flag(tmp_path, sim_files, model_file, capsys):
     tifffile.imwrite(path, frames)
     result = run("predict", model_file, path, "--counts", tmp_path / "c.csv")
     assert result.returncode == 1 and "frame(s) 5, 18 (1-based)" in result.stderr
-    assert main(["predict", str(model_file), str(path), "--nan-frames", "flag", "--counts",
-                 str(tmp_path / "c.csv"), "--out", str(tmp_path / "d.tif")]) == 0
-    assert "warning: 2 frame(s) hold NaN or infinite pixels: not counted" in \
-        capsys.readouterr().out
+    assert (
+        main(
+            [
+                "predict",
+                str(model_file),
+                str(path),
+                "--nan-frames",
+                "flag",
+                "--counts",
+                str(tmp_path / "c.csv"),
+                "--out",
+                str(tmp_path / "d.tif"),
+            ]
+        )
+        == 0
+    )
+    assert "warning: 2 frame(s) hold NaN or infinite pixels: not counted" in capsys.readouterr().out
     table = pd.read_csv(tmp_path / "c.csv")
     assert table.frame.tolist() == list(range(1, 31))
     bad = table.frame.isin([5, 18])
@@ -237,34 +361,58 @@ def test_predict_nan_frames_flag(tmp_path, sim_files, model_file, capsys):
     clean = frames.copy()
     clean[[4, 17]] = 0
     tifffile.imwrite(tmp_path / "clean.tif", clean)
-    assert main(["predict", str(model_file), str(tmp_path / "clean.tif"),
-                 "--counts", str(tmp_path / "k.csv")]) == 0
-    np.testing.assert_allclose(table["count"][~bad], pd.read_csv(tmp_path / "k.csv")["count"][~bad],
-                               atol=1e-4)
+    assert (
+        main(
+            [
+                "predict",
+                str(model_file),
+                str(tmp_path / "clean.tif"),
+                "--counts",
+                str(tmp_path / "k.csv"),
+            ]
+        )
+        == 0
+    )
+    np.testing.assert_allclose(
+        table["count"][~bad], pd.read_csv(tmp_path / "k.csv")["count"][~bad], atol=1e-4
+    )
 
 
 def test_predict_reads_every_file_of_a_micromanager_acquisition(tmp_path, model_file, capsys):
     import numpy as np
     import pandas as pd
     import tifffile
-
     from test_tiffio import STACK, write_micromanager
 
     first, second = write_micromanager(tmp_path)
     assert main(["predict", str(model_file), str(first), "--counts", str(tmp_path / "c.csv")]) == 0
     assert f"{first}: 10 frames" in capsys.readouterr().out
     tifffile.imwrite(tmp_path / "all.tif", STACK)
-    assert main(["predict", str(model_file), str(tmp_path / "all.tif"),
-                 "--counts", str(tmp_path / "a.csv")]) == 0
-    np.testing.assert_allclose(pd.read_csv(tmp_path / "c.csv")["count"],
-                               pd.read_csv(tmp_path / "a.csv")["count"], atol=1e-4)
+    assert (
+        main(
+            [
+                "predict",
+                str(model_file),
+                str(tmp_path / "all.tif"),
+                "--counts",
+                str(tmp_path / "a.csv"),
+            ]
+        )
+        == 0
+    )
+    np.testing.assert_allclose(
+        pd.read_csv(tmp_path / "c.csv")["count"],
+        pd.read_csv(tmp_path / "a.csv")["count"],
+        atol=1e-4,
+    )
     second.unlink()
     result = run("predict", model_file, first, "--counts", tmp_path / "m.csv")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1:] == [
         f"defcon predict: error: {first}: multi-file OME-TIFF whose companion file(s) "
         f"acq_MMStack_Pos0_1.ome.tif are missing from {tmp_path} (its OME-XML lists 2 files); "
-        "put them beside it"]
+        "put them beside it"
+    ]
 
 
 def test_predict_series_option(tmp_path, model_file, capsys):
@@ -279,8 +427,20 @@ def test_predict_series_option(tmp_path, model_file, capsys):
         tif.write(rng.integers(0, 900, (7, 16, 20)).astype(np.uint16), photometric="minisblack")
     result = run("predict", model_file, path, "--counts", tmp_path / "c.csv")
     assert result.returncode == 1 and "--series N" in result.stderr
-    assert main(["predict", str(model_file), str(path), "--series", "1",
-                 "--counts", str(tmp_path / "c.csv")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(model_file),
+                str(path),
+                "--series",
+                "1",
+                "--counts",
+                str(tmp_path / "c.csv"),
+            ]
+        )
+        == 0
+    )
     assert "7 frames (series 1)" in capsys.readouterr().out
     assert len(pd.read_csv(tmp_path / "c.csv")) == 7
     result = run("predict", model_file, path, "--series", "-1")

@@ -16,18 +16,41 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tifffile
+from conftest import make_ground_truth, reference_file, render_stack
 
-from conftest import make_ground_truth, render_stack, reference_file
 from defcon import models
-from defcon.errors import (ConfigError, DefconError, MissingFileError, ModelFileError,
-                           TrainingSetError)
+from defcon.errors import (
+    ConfigError,
+    DefconError,
+    MissingFileError,
+    ModelFileError,
+    TrainingSetError,
+)
 from defcon.export import tf1_op_types
 from defcon.networks import FCN, PUBLISHED_ENV, PUBLISHED_URL
 
 ORIGINAL_LAYER_NAMES = [  # the notebook's model.summary() of the density network
-    "input", "hist_norm", "conv_seg_1", "conv_stride_1", "conv_seg_2", "conv_stride_2",
-    "conv_seg_3", "dropout_seg", "deconv_seg_1", "decon_seg_2", "seg", "conv_1", "conv_2",
-    "conv_3", "conv_4", "conv_5", "dropout", "deconv_1", "deconv_2", "density"]
+    "input",
+    "hist_norm",
+    "conv_seg_1",
+    "conv_stride_1",
+    "conv_seg_2",
+    "conv_stride_2",
+    "conv_seg_3",
+    "dropout_seg",
+    "deconv_seg_1",
+    "decon_seg_2",
+    "seg",
+    "conv_1",
+    "conv_2",
+    "conv_3",
+    "conv_4",
+    "conv_5",
+    "dropout",
+    "deconv_1",
+    "deconv_2",
+    "density",
+]
 
 ORIGINAL_CONFIG = """\
 # Configuration file for training DEFCoN
@@ -114,8 +137,9 @@ def test_readme_predict_tiff_returns_density_maps_as_the_original(stack_file):
     np.testing.assert_allclose(y_pred, model.predict(data, verbose=0), atol=1e-5)
     # Keras predict options the original forwarded.
     np.testing.assert_array_equal(model.predict_tiff(stack_file, verbose=0), y_pred)
-    np.testing.assert_allclose(model.predict_tiff(stack_file, batch_size=2, verbose=1), y_pred,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        model.predict_tiff(stack_file, batch_size=2, verbose=1), y_pred, atol=1e-6
+    )
     with pytest.raises(ConfigError, match=r"steps.*index="):
         model.predict_tiff(stack_file, steps=1)
 
@@ -129,8 +153,9 @@ def test_datasets_tiff_to_array_scales_by_the_dtype_maximum(tmp_path):
     a = tiff_to_array(tmp_path / "a.tif")
     assert a.shape == (2, 4, 8, 1) and a.dtype.kind == "f"
     np.testing.assert_allclose(a[..., 0], data16 / 65535, rtol=1e-6)
-    np.testing.assert_array_equal(tiff_to_array(tmp_path / "a.tif", normalize=False)[..., 0],
-                                  data16)
+    np.testing.assert_array_equal(
+        tiff_to_array(tmp_path / "a.tif", normalize=False)[..., 0], data16
+    )
     b = tiff_to_array(str(tmp_path / "b.tif"))
     assert b.shape == (1, 4, 8, 1)
     np.testing.assert_allclose(b[0, ..., 0], data16[0].astype(np.uint8) / 255, rtol=1e-6)
@@ -151,8 +176,9 @@ def test_training_notebook_training_set_and_compact_set(tmp_path, capsys):
     my_training_set = TrainingSet(h5_path, "w")
     my_training_set.summary()
     for name, (input_file, ground_truth) in files.items():
-        my_training_set.add_dataset(name=name, input_file=str(input_file),
-                                    ground_truth=str(ground_truth))
+        my_training_set.add_dataset(
+            name=name, input_file=str(input_file), ground_truth=str(ground_truth)
+        )
     my_training_set.summary()
     assert "first_dataset: shape = (12, 24, 40, 1)" in capsys.readouterr().out
     assert my_training_set.lengths() == [12, 8]  # a list, in the order of ts['input']
@@ -201,8 +227,10 @@ def test_training_notebook_train_predict_and_serve(compact_file, stack_file, tmp
         training.train(str(config_file), verbose=0)
     keras_file = folder / "trained_models" / "my_trained_model.keras"
     assert keras_file.is_file()
-    assert any("my_trained_model.h5" in r.getMessage() and str(keras_file) in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "my_trained_model.h5" in r.getMessage() and str(keras_file) in r.getMessage()
+        for r in caplog.records
+    )
     # The notebook's next cell names the .h5: the error names the file to load instead.
     with pytest.raises(MissingFileError, match=r"my_trained_model\.keras"):
         FCN.from_file(str(folder / "trained_models" / "my_trained_model.h5"))
@@ -218,8 +246,9 @@ def test_training_notebook_train_predict_and_serve(compact_file, stack_file, tmp
     # Serving: the density model, then the max-count model, from the same object.
     model.save_tf_model(str(tmp_path / "serving" / "tf_density_count"))
     x = tifffile.imread(stack_file).astype(np.float32)[..., None]
-    np.testing.assert_allclose(run_tf1(tmp_path / "serving" / "tf_density_count", x),
-                               y_pred_tiff, atol=1e-4)
+    np.testing.assert_allclose(
+        run_tf1(tmp_path / "serving" / "tf_density_count", x), y_pred_tiff, atol=1e-4
+    )
     assert model.density_to_max_count(pool=(7, 7)) is model.max_count_model
     model.summary()
     model.save_tf_model(str(tmp_path / "serving" / "tf_max_count"))

@@ -38,8 +38,12 @@ def test_draws_respect_the_declared_ranges(drawn):
         assert 0 <= low <= high and per_frame <= r["emitters_per_frame"][1] + 1e-6
         assert c["brightness_threshold"] == pytest.approx(C.THRESHOLD_FRACTION * c["photon_rate"])
         # Every stack has visible spots: the peak SNR floor holds (or the range's middle).
-        snr = C.peak_snr(c["photon_rate"], c["psf_sigma_px"], c["background"],
-                         c["read_noise"] / (c["em_gain"] or 1))
+        snr = C.peak_snr(
+            c["photon_rate"],
+            c["psf_sigma_px"],
+            c["background"],
+            c["read_noise"] / (c["em_gain"] or 1),
+        )
         assert snr >= r["min_peak_snr"][0] * 0.999 or c["photon_rate"] >= r["photon_rate"][1] / 2
         SimulationParameters(**C.simulation_parameters(c))  # valid parameters
 
@@ -56,8 +60,9 @@ def test_draws_cover_the_ranges(drawn):
 def test_same_seed_same_conditions_and_overrides():
     assert C.sample_conditions(7) == C.sample_conditions(7)
     assert C.sample_conditions(7) != C.sample_conditions(8)
-    narrow = [C.sample_conditions(s, ranges={"psf_sigma_px": (1.0, 1.2, "uniform")})
-              for s in range(20)]
+    narrow = [
+        C.sample_conditions(s, ranges={"psf_sigma_px": (1.0, 1.2, "uniform")}) for s in range(20)
+    ]
     assert all(1.0 <= c["psf_sigma_px"] <= 1.2 for c in narrow)
 
 
@@ -90,9 +95,19 @@ def test_drawn_stack_truth_matches_image(seed):
     sums = density.sum(axis=(1, 2))
     assert np.all(sums >= inner_counts - 1e-3) and np.all(sums <= counts + 1e-3)
     # Noise-free, the image above the background holds the logged photons (times QE).
-    quiet = dict(params, shot_noise=False, background=0.0, read_noise=0.0, dark_current=0.0,
-                 baseline=0.0, adu_gain=1.0, camera="ccd", em_gain=None, bit_depth=16,
-                 quantum_efficiency=1.0)
+    quiet = dict(
+        params,
+        shot_noise=False,
+        background=0.0,
+        read_noise=0.0,
+        dark_current=0.0,
+        baseline=0.0,
+        adu_gain=1.0,
+        camera="ccd",
+        em_gain=None,
+        bit_depth=16,
+        quantum_efficiency=1.0,
+    )
     image, logged = simulate_stack(12, H, W, seed=seed, **quiet)
     frames = range(1, 13)
     total = logged.groupby("frame").brightness.sum().reindex(frames, fill_value=0).to_numpy()
@@ -105,8 +120,9 @@ def test_drawn_stack_truth_matches_image(seed):
 
 def test_per_emitter_defocus_and_brightness_spread():
     def brightness(**kw):
-        _, truth = simulate_stack(20, H, W, seed=2, density_sweep=(1.0, 1.0), shot_noise=False,
-                                  **kw)
+        _, truth = simulate_stack(
+            20, H, W, seed=2, density_sweep=(1.0, 1.0), shot_noise=False, **kw
+        )
         return truth
 
     spread = brightness(defocus_nm=300, photon_spread=0.8)
@@ -119,9 +135,21 @@ def test_per_emitter_defocus_and_brightness_spread():
 
 def test_wider_psf_spreads_photons():
     def peak_fraction(**kw):
-        image, _ = simulate_stack(1, 32, 32, seed=0, n_fiducials=1, fiducial_photons=1e4,
-                                  activation_rate=0.0, shot_noise=False, background=0.0,
-                                  read_noise=0.0, dark_current=0.0, baseline=0.0, **kw)
+        image, _ = simulate_stack(
+            1,
+            32,
+            32,
+            seed=0,
+            n_fiducials=1,
+            fiducial_photons=1e4,
+            activation_rate=0.0,
+            shot_noise=False,
+            background=0.0,
+            read_noise=0.0,
+            dark_current=0.0,
+            baseline=0.0,
+            **kw,
+        )
         return image.max() / image.sum()
 
     assert peak_fraction(psf_sigma_px=0.8) > 2.5 * peak_fraction(psf_sigma_px=2.0)
@@ -175,8 +203,13 @@ def test_cameras_offsets_gain_and_saturation():
 
 
 def test_simulation_parameters_refuse_bad_camera_and_layout():
-    for bad in (dict(camera="film"), dict(layout="grid"), dict(camera="emccd"),
-                dict(bit_depth=20), dict(psf_sigma_px=-1.0)):
+    for bad in (
+        dict(camera="film"),
+        dict(layout="grid"),
+        dict(camera="emccd"),
+        dict(bit_depth=20),
+        dict(psf_sigma_px=-1.0),
+    ):
         with pytest.raises(ConfigError):
             SimulationParameters(**bad)
     assert SimulationParameters(psf_sigma_px=1.7).sigma_px == 1.7
@@ -192,11 +225,36 @@ def test_cli_simulate_randomize_and_conditions_file(tmp_path, capsys):
     drawn = C.read_conditions(tmp_path / "a" / "conditions.json")
     assert drawn == json.loads(json.dumps(C.sample_conditions(3, n_frames=6)))
     # The same conditions file and seed give the same stack.
-    assert main(["simulate", "--conditions", str(tmp_path / "a" / "conditions.json"), *args,
-                 "--out", str(tmp_path / "b")]) == 0
-    assert (tmp_path / "a" / "stack.tif").read_bytes() == (tmp_path / "b" / "stack.tif").read_bytes()
+    assert (
+        main(
+            [
+                "simulate",
+                "--conditions",
+                str(tmp_path / "a" / "conditions.json"),
+                *args,
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "a" / "stack.tif").read_bytes() == (
+        tmp_path / "b" / "stack.tif"
+    ).read_bytes()
     # --set overrides a drawn value, and the threshold follows the brightness.
-    assert main(["simulate", "--randomize", *args, "--set", "photon_rate=1000",
-                 "--out", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--randomize",
+                *args,
+                "--set",
+                "photon_rate=1000",
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     changed = C.read_conditions(tmp_path / "c" / "conditions.json")
     assert changed["photon_rate"] == 1000 and changed["brightness_threshold"] == pytest.approx(100)

@@ -3,12 +3,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-
 from conftest import make_ground_truth, render_stack
+
 from defcon import datasets
 from defcon.datasets import TrainingSet, compact_set
-from defcon.errors import (DefconError, DuplicateNameError, GroundTruthError, MissingFileError,
-                           ShapeMismatchError, TrainingSetError, UnsupportedFileError)
+from defcon.errors import (
+    DefconError,
+    DuplicateNameError,
+    GroundTruthError,
+    MissingFileError,
+    ShapeMismatchError,
+    TrainingSetError,
+    UnsupportedFileError,
+)
 from defcon.groundtruth import density_stack
 from defcon.tiffio import tiff_to_array
 
@@ -27,8 +34,9 @@ def test_new_file_gets_the_three_groups(tmp_path):
         assert "TrainingSet" in repr(ts)
 
 
-def test_add_dataset_writes_scaled_input_density_and_segmentation(tmp_path, sim_files,
-                                                                  small_chunks):
+def test_add_dataset_writes_scaled_input_density_and_segmentation(
+    tmp_path, sim_files, small_chunks
+):
     stack_file, csv_file = sim_files
     with TrainingSet(tmp_path / "t.h5") as ts:
         ts.add_dataset("sim", stack_file, csv_file, sigma=1.0, brightness_threshold=250)
@@ -42,9 +50,14 @@ def test_add_dataset_writes_scaled_input_density_and_segmentation(tmp_path, sim_
         assert ts["input/sim"].chunks == (1, 24, 40, 1)
         assert ts["seg_map/sim"].dtype == np.uint8
         # The frame sums are the emitter counts: every emitter is 4 px inside.
-        np.testing.assert_allclose(ts["target/sim"][()].sum(axis=(1, 2, 3)),
-                                   truth[truth.brightness > 250].groupby("frame").size()
-                                   .reindex(range(1, 31), fill_value=0), atol=1e-3)
+        np.testing.assert_allclose(
+            ts["target/sim"][()].sum(axis=(1, 2, 3)),
+            truth[truth.brightness > 250]
+            .groupby("frame")
+            .size()
+            .reindex(range(1, 31), fill_value=0),
+            atol=1e-3,
+        )
         attrs = ts["target/sim"].attrs
         assert attrs["source_file"].endswith("stack.tif")
         assert len(attrs["source_sha256"]) == 64
@@ -58,15 +71,21 @@ def test_summary_prints_the_tree(tmp_path, sim_files, capsys):
         ts.add_dataset("sim", *sim_files)
         ts.summary()
     assert capsys.readouterr().out.splitlines() == [
-        "input/", "    sim: shape = (30, 24, 40, 1), dtype = float32",
-        "target/", "    sim: shape = (30, 24, 40, 1), dtype = float32",
-        "seg_map/", "    sim: shape = (30, 24, 40, 1), dtype = uint8"]
+        "input/",
+        "    sim: shape = (30, 24, 40, 1), dtype = float32",
+        "target/",
+        "    sim: shape = (30, 24, 40, 1), dtype = float32",
+        "seg_map/",
+        "    sim: shape = (30, 24, 40, 1), dtype = uint8",
+    ]
 
 
 def _snapshot(path):
     with h5py.File(path, "r") as f:
         out = {}
-        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+        f.visititems(
+            lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None
+        )
         return out
 
 
@@ -155,10 +174,13 @@ def test_add_input_from_tiff_and_hdf5_and_add_target(tmp_path, sim_files):
             ts.add_input(tmp_path / "notes.txt")
 
 
-@pytest.mark.parametrize("data, message", [
-    (np.zeros((4, 6, 8, 3), np.uint8), "RGB"),
-    (np.zeros((2, 3, 6, 8), np.uint16), "4-D"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (np.zeros((4, 6, 8, 3), np.uint8), "RGB"),
+        (np.zeros((2, 3, 6, 8), np.uint16), "4-D"),
+    ],
+)
 def test_bad_tiffs_are_refused_with_the_file_name(tmp_path, data, message):
     path = tmp_path / "bad.tif"
     if message == "RGB":
@@ -183,7 +205,9 @@ def test_tiff_to_array_scales_integers_and_keeps_floats(tmp_path):
     tifffile.imwrite(tmp_path / "a.tif", data8)
     tifffile.imwrite(tmp_path / "f.tif", data8.astype(np.float32) * 7)
     tifffile.imwrite(tmp_path / "one.tif", data8[0].astype(np.uint16))
-    np.testing.assert_array_equal(tiff_to_array(tmp_path / "a.tif")[..., 0], data8 / np.float32(255))
+    np.testing.assert_array_equal(
+        tiff_to_array(tmp_path / "a.tif")[..., 0], data8 / np.float32(255)
+    )
     np.testing.assert_array_equal(tiff_to_array(tmp_path / "f.tif")[..., 0], data8 * np.float32(7))
     assert tiff_to_array(tmp_path / "one.tif").shape == (1, 4, 8, 1)
 
@@ -237,7 +261,7 @@ def test_augment_scales_brightness_within_range_and_clips(tmp_path, sim_files):
     assert augmented.max() <= 1.0 and augmented.min() >= 0.0
     unclipped = augmented < 1.0
     factors = [np.median(a[u] / o[u]) for a, o, u in zip(augmented, original, unclipped)]
-    assert 10 ** -0.5 - 1e-4 <= min(factors) and max(factors) <= 10 ** 1.0 + 1e-3
+    assert 10**-0.5 - 1e-4 <= min(factors) and max(factors) <= 10**1.0 + 1e-3
     assert np.std(np.log10(factors)) > 0.2
 
 

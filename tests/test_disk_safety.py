@@ -31,8 +31,11 @@ def small_disk(tmp_path):
     mount_point.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a small tmpfs needs root and mount(8)")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     yield mount_point
@@ -64,8 +67,21 @@ def test_build_on_a_full_disk_refuses_with_the_numbers_and_keeps_the_set(small_d
     big = stack_of(small_disk, sim_files, 4)
     filler = fill(small_disk, leave_bytes=64 << 10)
     # In a child process: a crash there (HDF5 on a full disk) would show as a signal.
-    done = subprocess.run([sys.executable, "-m", "defcon.cli", "build", str(path), *map(str, big),
-                           "--name", "second"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "defcon.cli",
+            "build",
+            str(path),
+            *map(str, big),
+            "--name",
+            "second",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert str(path) in done.stderr and "needs about" in done.stderr and "MiB free" in done.stderr
@@ -77,7 +93,8 @@ def test_build_on_a_full_disk_refuses_with_the_numbers_and_keeps_the_set(small_d
 
 
 def test_a_disk_filled_by_another_program_during_a_write_does_not_break_it(
-        small_disk, sim_files, monkeypatch):
+    small_disk, sim_files, monkeypatch
+):
     path = small_disk / "ts.h5"
     big = stack_of(small_disk, sim_files, 3)
 
@@ -137,18 +154,21 @@ CHILD = textwrap.dedent("""
 
 @pytest.mark.parametrize("chunk", [1, 8, 15])
 def test_a_build_killed_mid_write_leaves_earlier_datasets_and_the_next_build_works(
-        tmp_path, sim_files, chunk):
+    tmp_path, sim_files, chunk
+):
     path = tmp_path / "ts.h5"
     with TrainingSet(path) as ts:
         ts.add_dataset("first", *sim_files)
         first = ts["input/first"][:]
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(chunk), str(path),
-                              *map(str, sim_files)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "writing"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    with subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(chunk), str(path), *map(str, sim_files)],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            assert child.stdout.readline().strip() == "writing"
+        finally:
+            child.send_signal(signal.SIGKILL)
     with TrainingSet(path) as ts:
         assert ts.names() == ["first"]
         np.testing.assert_array_equal(ts["input/first"][:], first)
@@ -163,8 +183,10 @@ def test_clean_removes_leftovers_of_dead_processes_only(tmp_path, sim_files, cap
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / "sub").mkdir()
-    leftovers = [tmp_path / f".counts.defcon-{dead.pid}-x1.tmp.csv",
-                 tmp_path / "sub" / f".density.defcon-{dead.pid}-x2.tmp.h5"]
+    leftovers = [
+        tmp_path / f".counts.defcon-{dead.pid}-x1.tmp.csv",
+        tmp_path / "sub" / f".density.defcon-{dead.pid}-x2.tmp.h5",
+    ]
     running = tmp_path / f".model.defcon-{os.getpid()}-x3.tmp.keras"
     for path in leftovers + [running]:
         path.write_bytes(b"half")

@@ -17,8 +17,9 @@ H, W = 48, 72  # non-square on purpose
 
 
 def frames(sigma, n=64, seed=0, **kw):
-    params = dict(psf_sigma_px=sigma, photon_rate=3000, background=30,
-                  density_sweep=(1.0, 1.0), **kw)
+    params = dict(
+        psf_sigma_px=sigma, photon_rate=3000, background=30, density_sweep=(1.0, 1.0), **kw
+    )
     stack, _ = simulate_stack(n + 15, H, W, seed=seed, **params)
     return stack[15:]
 
@@ -31,8 +32,9 @@ def test_psf_width_is_recovered(sigma):
 
 
 def test_psf_estimate_ignores_background_structure_and_camera():
-    estimate, _ = estimate_psf_sigma(frames(1.6, background_haze=2.0, background_gradient=0.8,
-                                            camera="scmos", baseline=400))
+    estimate, _ = estimate_psf_sigma(
+        frames(1.6, background_haze=2.0, background_gradient=0.8, camera="scmos", baseline=400)
+    )
     assert estimate == pytest.approx(1.6, rel=0.1)
 
 
@@ -101,8 +103,10 @@ def test_cli_predict_writes_flag_column(tmp_path, wide_stack_file, capsys):
     model = FCN(output="density", seed=0, envelope=Envelope((0.7, 2.5), (0, 360)))
     model.save(tmp_path / "m.keras")
     counts = tmp_path / "counts.csv"
-    assert main(["predict", str(tmp_path / "m.keras"), str(wide_stack_file),
-                 "--counts", str(counts)]) == 0
+    assert (
+        main(["predict", str(tmp_path / "m.keras"), str(wide_stack_file), "--counts", str(counts)])
+        == 0
+    )
     assert "training envelope" in capsys.readouterr().out
     table = pd.read_csv(counts)
     assert (table["flag"] == "psf_wide").all() and len(table) == 40

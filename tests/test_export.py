@@ -24,8 +24,10 @@ TOLERANCE = 1e-5
 def _reference(*parts):
     path = REFERENCE.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} not found: the shared reference folder (../shared/reference) is "
-                    "needed for tests against the published DEFCoN model")
+        pytest.skip(
+            f"{path} not found: the shared reference folder (../shared/reference) is "
+            "needed for tests against the published DEFCoN model"
+        )
     return path
 
 
@@ -64,8 +66,10 @@ def random_fcn():
 def exported(tmp_path_factory, random_fcn):
     """TF1 exports of the random network (density and 7x7 max count), made once."""
     root = tmp_path_factory.mktemp("exports")
-    return {"density": save_tf1_model(random_fcn, root / "density"),
-            "max_count": save_tf1_model(random_fcn.with_max_count(), root / "max_count")}
+    return {
+        "density": save_tf1_model(random_fcn, root / "density"),
+        "max_count": save_tf1_model(random_fcn.with_max_count(), root / "max_count"),
+    }
 
 
 # ----------------------------------------------------------------------------- TF1 density
@@ -76,8 +80,9 @@ def test_tf1_density_of_random_network_matches_keras_on_non_square_frames(random
     np.testing.assert_allclose(got, random_fcn.predict(x, verbose=0), atol=TOLERANCE, rtol=0)
     # Any other size, multiple of 4, with the same folder.
     x = _frames((1, 20, 8), seed=1)
-    np.testing.assert_allclose(run_tf1(exported["density"], x), random_fcn.predict(x, verbose=0),
-                               atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        run_tf1(exported["density"], x), random_fcn.predict(x, verbose=0), atol=TOLERANCE, rtol=0
+    )
 
 
 def test_tf1_density_of_pretrained_model_matches_keras_and_reference(tf13, tmp_path):
@@ -93,8 +98,9 @@ def test_tf1_density_of_pretrained_model_matches_keras_and_reference(tf13, tmp_p
     frames = stack.astype(np.float32)[..., None]  # raw values, as the plugin feeds them
     ours = np.concatenate([run_tf1(out, f[None]) for f in frames])
     np.testing.assert_allclose(ours, tf13.predict(frames, verbose=0), atol=TOLERANCE, rtol=0)
-    reference = np.concatenate([
-        run_tf1(_reference("defcon-imagej", "tf_density_count"), f[None]) for f in frames])
+    reference = np.concatenate(
+        [run_tf1(_reference("defcon-imagej", "tf_density_count"), f[None]) for f in frames]
+    )
     np.testing.assert_allclose(ours, reference, atol=TOLERANCE, rtol=0)
 
 
@@ -110,9 +116,13 @@ def test_op_types_are_those_of_the_reference_plugin_model(exported):
 
 
 def test_flat_frame_normalises_to_zeros_not_nan(random_fcn, exported):
-    x = np.concatenate([np.full((1, 16, 24, 1), 42.0, np.float32),
-                        np.zeros((1, 16, 24, 1), np.float32),
-                        _frames((1, 16, 24))])
+    x = np.concatenate(
+        [
+            np.full((1, 16, 24, 1), 42.0, np.float32),
+            np.zeros((1, 16, 24, 1), np.float32),
+            _frames((1, 16, 24)),
+        ]
+    )
     normalised = run_tf1(exported["density"], x, "hist_norm/normalised:0")
     assert np.all(normalised[:2] == 0)
     assert normalised[2].min() == 0 and normalised[2].max() == 1
@@ -129,8 +139,9 @@ def test_flat_frame_normalises_to_zeros_not_nan(random_fcn, exported):
 def test_division_divides_the_output(random_fcn, tmp_path):
     out = save_tf1_model(random_fcn, tmp_path / "divided", division=4)
     x = _frames((1, 32, 48))
-    np.testing.assert_allclose(run_tf1(out, x), random_fcn.predict(x, verbose=0) / 4,
-                               atol=TOLERANCE / 4, rtol=0)
+    np.testing.assert_allclose(
+        run_tf1(out, x), random_fcn.predict(x, verbose=0) / 4, atol=TOLERANCE / 4, rtol=0
+    )
     for bad in (0, -1.5, float("nan"), float("inf"), "two"):
         with pytest.raises(ExportError, match="division"):
             save_tf1_model(random_fcn, tmp_path / "bad", division=bad)
@@ -146,8 +157,9 @@ def test_max_count_export_equals_keras_max_count_model(random_fcn, exported, tmp
     np.testing.assert_allclose(got, keras_7.predict(x, verbose=0), atol=TOLERANCE, rtol=0)
     keras_5 = random_fcn.with_max_count(pool=(5, 5))
     out = save_tf1_model(keras_5, tmp_path / "max5", division=2)
-    np.testing.assert_allclose(run_tf1(out, x), keras_5.predict(x, verbose=0) / 2,
-                               atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        run_tf1(out, x), keras_5.predict(x, verbose=0) / 2, atol=TOLERANCE, rtol=0
+    )
 
 
 # ----------------------------------------------------------------------------- TF2
@@ -158,13 +170,17 @@ def test_tf2_export_serving_default_matches(random_fcn, tmp_path):
     assert list(serve.structured_input_signature[1]) == ["input_tensor"]
     result = serve(input_tensor=tf.constant(x))
     assert set(result) == {"density"}
-    np.testing.assert_allclose(result["density"].numpy(), random_fcn.predict(x, verbose=0),
-                               atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        result["density"].numpy(), random_fcn.predict(x, verbose=0), atol=TOLERANCE, rtol=0
+    )
     max_model = random_fcn.with_max_count()
     out = save_tf2_model(max_model, tmp_path / "tf2_max")
-    result = tf.saved_model.load(str(out)).signatures["serving_default"](input_tensor=tf.constant(x))
-    np.testing.assert_allclose(result["max_count"].numpy(), max_model.predict(x, verbose=0),
-                               atol=TOLERANCE, rtol=0)
+    result = tf.saved_model.load(str(out)).signatures["serving_default"](
+        input_tensor=tf.constant(x)
+    )
+    np.testing.assert_allclose(
+        result["max_count"].numpy(), max_model.predict(x, verbose=0), atol=TOLERANCE, rtol=0
+    )
 
 
 # ----------------------------------------------------------------------------- Fiji folder
@@ -172,15 +188,20 @@ def test_export_fiji_layout_from_a_model_file(tmp_path):
     model_file = _reference("defcon_tf13.h5")
     root = export_fiji(str(model_file), tmp_path / "plugins", box=5)
     assert root == tmp_path / "plugins" / "DEFCoN"
-    assert sorted(p.name for p in root.iterdir()) == ["README.txt", "tf_density_count", "tf_max_count"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "README.txt",
+        "tf_density_count",
+        "tf_max_count",
+    ]
     for name in ("tf_density_count", "tf_max_count"):
         assert (root / name / "saved_model.pb").is_file()
     readme = (root / "README.txt").read_text()
     assert "Fiji.app/plugins" in readme and "5x5" in readme and "Maximum local count" in readme
     x = _frames((1, 32, 48), seed=9)
     max_model = FCN.from_file(model_file).density_to_max_count(pool=(5, 5))
-    np.testing.assert_allclose(run_tf1(root / "tf_max_count", x), max_model.predict(x, verbose=0),
-                               atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        run_tf1(root / "tf_max_count", x), max_model.predict(x, verbose=0), atol=TOLERANCE, rtol=0
+    )
     assert sorted(p.name for p in (tmp_path / "plugins").iterdir()) == ["DEFCoN"]  # no leftovers
 
 

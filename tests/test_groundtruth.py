@@ -11,9 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import make_ground_truth
 from scipy.special import erf
 from scipy.stats import multivariate_normal
 
+from defcon import groundtruth
 from defcon.errors import (
     DefconError,
     GroundTruthError,
@@ -21,10 +23,14 @@ from defcon.errors import (
     MissingFileError,
     UnsupportedFileError,
 )
-from conftest import make_ground_truth
-from defcon import groundtruth
-from defcon.groundtruth import (Emitters, count_per_frame, density_stack, read_emitters,
-                                read_ground_truth, segmentation_stack)
+from defcon.groundtruth import (
+    Emitters,
+    count_per_frame,
+    density_stack,
+    read_emitters,
+    read_ground_truth,
+    segmentation_stack,
+)
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sass-frame-loggers"
 HEADER = "frame,id,x,y,z,brightness"
@@ -33,14 +39,16 @@ HEADER = "frame,id,x,y,z,brightness"
 def emitters(frame, x, y, brightness=1000.0):
     """A ground-truth DataFrame from parallel sequences (frames 1-based)."""
     frame, x, y = np.atleast_1d(frame), np.atleast_1d(x), np.atleast_1d(y)
-    return pd.DataFrame({
-        "frame": frame,
-        "id": np.arange(len(frame)),
-        "x": np.asarray(x, dtype=float),
-        "y": np.asarray(y, dtype=float),
-        "z": 0.0,
-        "brightness": np.broadcast_to(brightness, frame.shape).astype(float),
-    })
+    return pd.DataFrame(
+        {
+            "frame": frame,
+            "id": np.arange(len(frame)),
+            "x": np.asarray(x, dtype=float),
+            "y": np.asarray(y, dtype=float),
+            "z": 0.0,
+            "brightness": np.broadcast_to(brightness, frame.shape).astype(float),
+        }
+    )
 
 
 def random_emitters(rng, n_frames, height, width, per_frame, margin=0.0):
@@ -196,11 +204,15 @@ def test_dataframe_input_is_not_modified():
         (f"{HEADER}\n1,1,2,3,0,300\n2,1,abc,3,0,300\n", ["'x'", "'abc'", "line 3"]),
         (f"{HEADER}\n1,1,2,3,0,300\n\n2,1,2,,0,300\n", ["'y'", "no value", "line 4"]),
         (f"{HEADER}\n1,1,2,3,0,nan\n", ["'brightness'", "line 2"]),
-        (f"{HEADER}\n1,1,2,3,0,300\n2.5,1,2,3,0,300\n",
-         ["'frame'", "2.5", "whole number", "line 3"]),
+        (
+            f"{HEADER}\n1,1,2,3,0,300\n2.5,1,2,3,0,300\n",
+            ["'frame'", "2.5", "whole number", "line 3"],
+        ),
         (f"{HEADER}\n0,1,2,3,0,300\n", ["frame 0", "below 1", "line 2"]),
-        (f"{HEADER}\n1,1,2,3,0,300\n6,1,2,3,0,300\n",
-         ["frame 6", "line 3", "beyond the stack of 5 frames"]),
+        (
+            f"{HEADER}\n1,1,2,3,0,300\n6,1,2,3,0,300\n",
+            ["frame 6", "line 3", "beyond the stack of 5 frames"],
+        ),
         ("", ["empty"]),
     ],
 )
@@ -258,8 +270,15 @@ def test_bad_parameters(kwargs, fragment):
 
 
 def test_emitters_outside_the_frame_are_dropped_with_a_warning(tmp_path):
-    rows = ["1,1,5,5,0,900", "1,2,-0.1,5,0,900", "2,3,40,5,0,900", "2,4,5,24,0,900",
-            "2,5,39.9,23.9,0,900", "1,6,20,12,0,100", "2,7,20,12,0,100"]
+    rows = [
+        "1,1,5,5,0,900",
+        "1,2,-0.1,5,0,900",
+        "2,3,40,5,0,900",
+        "2,4,5,24,0,900",
+        "2,5,39.9,23.9,0,900",
+        "1,6,20,12,0,100",
+        "2,7,20,12,0,100",
+    ]
     path = write_csv(tmp_path, HEADER + "\n" + "\n".join(rows) + "\n", name="outside.csv")
     with pytest.warns(GroundTruthWarning, match=r"outside.csv: dropped 3 of 7 emitters") as record:
         gt = read_ground_truth(path, n_frames=2, height=24, width=40)
@@ -276,10 +295,12 @@ def test_emitters_outside_the_frame_are_dropped_with_a_warning(tmp_path):
         read_ground_truth(path, n_frames=2)  # no frame size: nothing dropped, no warning
 
 
-@pytest.mark.parametrize("truth_shape, scale, cause", [((24, 80), 100.0, "nanometres"),
-                                                        ((80, 24), 1.0, "swapped")])
-def test_positions_mostly_outside_the_frame_are_an_error_naming_the_cause(tmp_path, truth_shape,
-                                                                         scale, cause):
+@pytest.mark.parametrize(
+    "truth_shape, scale, cause", [((24, 80), 100.0, "nanometres"), ((80, 24), 1.0, "swapped")]
+)
+def test_positions_mostly_outside_the_frame_are_an_error_naming_the_cause(
+    tmp_path, truth_shape, scale, cause
+):
     # Positions in nm, or written for the transposed frame (x and y swapped).
     truth = make_ground_truth(3, *truth_shape, 6, seed=2)
     truth[["x", "y"]] *= scale
@@ -295,8 +316,10 @@ def sass_lines(frames, rng, width=40, height=24):
     n = len(frames)
     x, y = rng.uniform(0, width, n), rng.uniform(0, height, n)
     brightness = rng.uniform(100, 3000, n).round()
-    return [f"{f},{i},{a:.4f},{b:.4f},0.0000,{c:.4f}"
-            for i, (f, a, b, c) in enumerate(zip(frames, x, y, brightness))]
+    return [
+        f"{f},{i},{a:.4f},{b:.4f},0.0000,{c:.4f}"
+        for i, (f, a, b, c) in enumerate(zip(frames, x, y, brightness))
+    ]
 
 
 @pytest.fixture
@@ -326,8 +349,10 @@ def test_chunked_reading_gives_the_one_shot_result(tmp_path, monkeypatch):
         pd.testing.assert_frame_equal(gt, expected)
         with pytest.warns(GroundTruthWarning):
             emitters = read_emitters(path, 8, 24, 40, brightness_threshold=250)
-        assert emitters.starts.tolist() == [0, *np.cumsum(np.bincount(bright.frame - 1,
-                                                                      minlength=8))]
+        assert emitters.starts.tolist() == [
+            0,
+            *np.cumsum(np.bincount(bright.frame - 1, minlength=8)),
+        ]
         np.testing.assert_array_equal(emitters.x, bright.x)
         np.testing.assert_array_equal(emitters.y, bright.y)
         assert emitters.brightest == inside.brightness.max()
@@ -339,19 +364,24 @@ def test_chunked_reading_gives_the_one_shot_result(tmp_path, monkeypatch):
         np.testing.assert_array_equal(counts, np.bincount(bright.frame - 1, minlength=8))
 
 
-@pytest.mark.parametrize("bad, fragments", [
-    ("5,1,2.0,abc,0,900", ["'y'", "'abc'", "line 19"]),
-    ("5,1,2.0,3.0,0,", ["'brightness'", "no value", "line 19"]),
-    ("9,1,2.0,3.0,0,900", ["frame 9", "beyond the stack of 8 frames", "line 19"]),
-])
+@pytest.mark.parametrize(
+    "bad, fragments",
+    [
+        ("5,1,2.0,abc,0,900", ["'y'", "'abc'", "line 19"]),
+        ("5,1,2.0,3.0,0,", ["'brightness'", "no value", "line 19"]),
+        ("9,1,2.0,3.0,0,900", ["frame 9", "beyond the stack of 8 frames", "line 19"]),
+    ],
+)
 def test_a_bad_value_in_a_late_chunk_names_its_line(tmp_path, small_csv_chunks, bad, fragments):
     lines = sass_lines(np.repeat(np.arange(1, 9), 3), np.random.default_rng(4))
     lines.insert(8, "")  # line 10 is blank: later line numbers still count it
     lines[17] = bad  # line 19, in the fifth chunk of 4 rows
     path = write_csv(tmp_path, HEADER + "\n" + "\n".join(lines) + "\n", name="late.csv")
-    for read in (lambda: read_ground_truth(path, n_frames=8),
-                 lambda: read_emitters(path, 8, 24, 40, brightness_threshold=250),
-                 lambda: count_per_frame(path, 8)):
+    for read in (
+        lambda: read_ground_truth(path, n_frames=8),
+        lambda: read_emitters(path, 8, 24, 40, brightness_threshold=250),
+        lambda: count_per_frame(path, 8),
+    ):
         with pytest.raises(GroundTruthError) as info:
             read()
         for fragment in ["late.csv", *fragments]:
@@ -359,8 +389,9 @@ def test_a_bad_value_in_a_late_chunk_names_its_line(tmp_path, small_csv_chunks, 
 
 
 @pytest.mark.parametrize("first_out, later_out, error", [(4, 0, False), (0, 6, True)])
-def test_positions_outside_the_frame_are_counted_over_all_chunks(tmp_path, small_csv_chunks,
-                                                                 first_out, later_out, error):
+def test_positions_outside_the_frame_are_counted_over_all_chunks(
+    tmp_path, small_csv_chunks, first_out, later_out, error
+):
     # Ten emitters in chunks of 4: the first chunk alone is all outside, yet only 4 of
     # 10 are (a warning); or 6 of 10, spread over the later chunks (an error).
     rng = np.random.default_rng(5)
@@ -368,12 +399,15 @@ def test_positions_outside_the_frame_are_counted_over_all_chunks(tmp_path, small
     nm = [i for i in range(first_out)] + [9 - i for i in range(later_out)]
     for i in nm:
         frame, id_, x, y, z, brightness = lines[i].split(",")
-        lines[i] = ",".join([frame, id_, f"{float(x) * 100:.1f}", f"{float(y) * 100:.1f}", z,
-                             brightness])
+        lines[i] = ",".join(
+            [frame, id_, f"{float(x) * 100:.1f}", f"{float(y) * 100:.1f}", z, brightness]
+        )
     path = write_csv(tmp_path, HEADER + "\n" + "\n".join(lines) + "\n", name="nm.csv")
     if error:
-        with pytest.raises(GroundTruthError, match="nm.csv: 6 of 10 emitters lie outside the "
-                                                   "40 x 24 frame.*nanometres"):
+        with pytest.raises(
+            GroundTruthError,
+            match="nm.csv: 6 of 10 emitters lie outside the 40 x 24 frame.*nanometres",
+        ):
             read_emitters(path, 5, 24, 40)
     else:
         with pytest.warns(GroundTruthWarning, match="nm.csv: dropped 4 of 10 emitters") as rec:
@@ -382,8 +416,9 @@ def test_positions_outside_the_frame_are_counted_over_all_chunks(tmp_path, small
 
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
-def test_out_of_order_frames_are_sorted_stably_whatever_the_line_ends(tmp_path,
-                                                                      small_csv_chunks, newline):
+def test_out_of_order_frames_are_sorted_stably_whatever_the_line_ends(
+    tmp_path, small_csv_chunks, newline
+):
     frames = [3, 3, 2, 5, 1, 1, 4, 2, 5, 3, 1]  # chunks in order at first, then not
     frames = [1, 1, 2, 2, 2, 3, 3] + frames
     lines = sass_lines(frames, np.random.default_rng(6))
@@ -395,8 +430,10 @@ def test_out_of_order_frames_are_sorted_stably_whatever_the_line_ends(tmp_path,
     np.testing.assert_array_equal(emitters.x, x[order])
     assert emitters.starts.tolist() == [0, *np.cumsum(np.bincount(np.array(frames) - 1))]
     table = pd.read_csv(path)
-    np.testing.assert_array_equal(density_stack(emitters, 5, 24, 40, brightness_threshold=None),
-                                  density_stack(table, 5, 24, 40, brightness_threshold=None))
+    np.testing.assert_array_equal(
+        density_stack(emitters, 5, 24, 40, brightness_threshold=None),
+        density_stack(table, 5, 24, 40, brightness_threshold=None),
+    )
 
 
 def test_emitters_are_only_used_for_the_stack_and_threshold_they_were_read_for():
@@ -412,11 +449,15 @@ def test_emitters_are_only_used_for_the_stack_and_threshold_they_were_read_for()
             density_stack(compact, n_frames, height, width, brightness_threshold=threshold)
     with pytest.raises(GroundTruthError, match="emitters read for"):
         count_per_frame(compact, 2)  # read with a frame size, counted without
-    pd.testing.assert_frame_equal(gt, emitters([2, 1, 2], [3.5, 4.0, 1.0], [1.5, 2.0, 6.0],
-                                               brightness=[1000, 100, 800]))
+    pd.testing.assert_frame_equal(
+        gt, emitters([2, 1, 2], [3.5, 4.0, 1.0], [1.5, 2.0, 6.0], brightness=[1000, 100, 800])
+    )
     nothing = read_emitters(gt, 2, 8, 8, brightness_threshold=5000)
-    assert len(nothing) == 0 and nothing.brightest == 1000 and not density_stack(
-        nothing, 2, 8, 8, brightness_threshold=5000).any()
+    assert (
+        len(nothing) == 0
+        and nothing.brightest == 1000
+        and not density_stack(nothing, 2, 8, 8, brightness_threshold=5000).any()
+    )
 
 
 MEMORY_CHILD = """
@@ -443,16 +484,25 @@ def large_csv(tmp_path_factory):
     64 x 64 px, in frame order) with its uint16 stack; return their folder."""
     rng = np.random.default_rng(7)
     n_frames, per_frame, n = 2000, 650, 6500
-    rests = [b",%d,%.4f,%.4f,0.0000,%.4f" % row for row in zip(
-        range(n), rng.uniform(0, 64, n), rng.uniform(0, 64, n), rng.uniform(100, 3000, n).round())]
+    rests = [
+        b",%d,%.4f,%.4f,0.0000,%.4f" % row
+        for row in zip(
+            range(n),
+            rng.uniform(0, 64, n),
+            rng.uniform(0, 64, n),
+            rng.uniform(100, 3000, n).round(),
+        )
+    ]
     folder = tmp_path_factory.mktemp("large")
     with open(folder / "frame_logger.csv", "wb") as file:
         file.write(HEADER.encode() + b"\n")
         for f in range(1, n_frames + 1):  # 10 patterns of positions, in turn
-            file.write(b"%d" % f + (b"\n%d" % f).join(rests[(f % 10) * per_frame:][:per_frame])
-                       + b"\n")
-    tifffile.imwrite(folder / "stack.tif",
-                     rng.integers(0, 1000, (n_frames, 64, 64), dtype=np.uint16))
+            file.write(
+                b"%d" % f + (b"\n%d" % f).join(rests[(f % 10) * per_frame :][:per_frame]) + b"\n"
+            )
+    tifffile.imwrite(
+        folder / "stack.tif", rng.integers(0, 1000, (n_frames, 64, 64), dtype=np.uint16)
+    )
     return folder
 
 
@@ -462,15 +512,20 @@ def test_reading_a_large_csv_stays_in_bounded_memory(large_csv, way):
     # Reading the whole 54 MB CSV with pandas raised the peak by 130-190 MiB;
     # streaming it needs one chunk (~20 MiB) plus 16 bytes per emitter kept (~20 MiB).
     assert (large_csv / "frame_logger.csv").stat().st_size > 50e6
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(MEMORY_CHILD), str(large_csv),
-                          way], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(MEMORY_CHILD), str(large_csv), way],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     growth_mib = json.loads(out.stdout.strip().splitlines()[-1])
     assert growth_mib < 80, f"peak RSS grew by {growth_mib:.0f} MiB with {way}"
 
 
 # --------------------------------------------------------------------------- real SASS files
-@pytest.mark.skipif(not REFERENCE.is_dir(),
-                    reason=f"reference frame loggers not found at {REFERENCE}")
+@pytest.mark.skipif(
+    not REFERENCE.is_dir(), reason=f"reference frame loggers not found at {REFERENCE}"
+)
 @pytest.mark.parametrize("name, low, high", [("data_1", 5, 9), ("data_2", 20, 30)])
 def test_real_sass_frame_loggers(name, low, high):
     path = REFERENCE / f"{name}_frame_logger.csv"

@@ -1,10 +1,10 @@
 import h5py
 import keras
 import numpy as np
+import numpy_forward
 import pytest
 import tifffile
 
-import numpy_forward
 from defcon.errors import MissingFileError, ModelFileError, UnsupportedFileError
 from defcon.models import DensityLoss, HistNorm
 from defcon.networks import FCN

@@ -32,8 +32,9 @@ def test_predict_never_replaces_its_stack_or_model(tmp_path, sim_files, model_fi
     assert stack.read_bytes() == before
 
 
-def test_predict_replaces_its_own_outputs_but_not_other_files(tmp_path, sim_files, model_file,
-                                                               capsys):
+def test_predict_replaces_its_own_outputs_but_not_other_files(
+    tmp_path, sim_files, model_file, capsys
+):
     stack, _ = sim_files
     counts, notes = tmp_path / "counts.csv", tmp_path / "notes.csv"
     assert run(capsys, "predict", model_file, stack, "--counts", counts)[0] == 0
@@ -80,10 +81,17 @@ def test_locked_and_truncated_training_sets_are_one_line_errors(tmp_path, sim_fi
     path = tmp_path / "ts.h5"
     with TrainingSet(path) as ts:
         ts.add_dataset("a", *sim_files)
-    holder = subprocess.Popen([sys.executable, "-c",
-                               "import h5py, sys, time; f = h5py.File(sys.argv[1], 'a'); "
-                               "print('open', flush=True); time.sleep(30)", str(path)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import h5py, sys, time; f = h5py.File(sys.argv[1], 'a'); "
+            "print('open', flush=True); time.sleep(30)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "open"
         with pytest.raises(TrainingSetError, match="another process has this file open"):
@@ -91,8 +99,9 @@ def test_locked_and_truncated_training_sets_are_one_line_errors(tmp_path, sim_fi
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
     cut = tmp_path / "cut.h5"
-    cut.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(TrainingSetError, match=r"cut.h5: .*(truncated|damaged|cannot open)"):
         TrainingSet(cut, "r")
 
@@ -110,10 +119,13 @@ def test_frames_not_multiples_of_4_are_refused_at_build(tmp_path, sim_files):
             ts.add_dataset("odd", odd, truth)
 
 
-@pytest.mark.parametrize("content, encoding", [
-    ("OutputDir = out%/\n", "utf-8"),                # '%' is a character, not interpolation
-    ("OutputDir = out/  # r\xe9sultats\n", "latin-1"),  # a Latin-1 comment
-])
+@pytest.mark.parametrize(
+    "content, encoding",
+    [
+        ("OutputDir = out%/\n", "utf-8"),  # '%' is a character, not interpolation
+        ("OutputDir = out/  # r\xe9sultats\n", "latin-1"),  # a Latin-1 comment
+    ],
+)
 def test_ini_percent_and_latin1_are_read(compact_file, write_config, content, encoding):
     from defcon.train import read_config
 
@@ -131,14 +143,22 @@ def test_temporaries_of_killed_processes_are_removed_by_the_next_write(tmp_path,
     stack, truth = sim_files
     out = tmp_path / "c.csv"
     # A process that dies (SIGKILL) while its temporary output exists.
-    child = subprocess.Popen([sys.executable, "-c",
-                              "import sys, time; from defcon.files import atomic_path\n"
-                              "with atomic_path(sys.argv[1]) as tmp:\n"
-                              "    tmp.write_text('half'); print(tmp, flush=True); time.sleep(60)",
-                              str(out)], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from defcon.files import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n"
+            "    tmp.write_text('half'); print(tmp, flush=True); time.sleep(60)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     left = tmp_path / child.stdout.readline().strip()
     child.send_signal(signal.SIGKILL)
     child.wait()
+    child.stdout.close()
     assert left.exists() and ".c.defcon-" in left.name and not out.exists()
     from defcon.files import atomic_path
 

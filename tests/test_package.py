@@ -14,8 +14,16 @@ import yaml  # noqa: E402
 
 from defcon.errors import ExportError, IntegrityError  # noqa: E402
 from defcon.networks import FCN  # noqa: E402
-from defcon.package import (KERAS_FILE, ONNX_FILE, TF_FILE, describe_package,  # noqa: E402
-                            export_bioimageio, export_onnx, is_package, load_package)
+from defcon.package import (
+    KERAS_FILE,
+    ONNX_FILE,
+    TF_FILE,
+    describe_package,  # noqa: E402
+    export_bioimageio,
+    export_onnx,
+    is_package,
+    load_package,
+)
 
 TINY_CONFIG = """\
 [General]
@@ -57,9 +65,14 @@ def model(trained):
 @pytest.fixture(scope="module")
 def package(trained, compact_file, tmp_path_factory):
     path = tmp_path_factory.mktemp("package") / "tiny.zip"
-    return export_bioimageio(trained["model"], path, authors=["Test Author"],
-                             training_dir=trained["model"].parent, training_set=compact_file,
-                             validation={"count MAE (held-out stack)": 0.42})
+    return export_bioimageio(
+        trained["model"],
+        path,
+        authors=["Test Author"],
+        training_dir=trained["model"].parent,
+        training_set=compact_file,
+        validation={"count MAE (held-out stack)": 0.42},
+    )
 
 
 def raw_frames(shape, seed):
@@ -103,14 +116,25 @@ def test_package_holds_every_file_with_its_sha256(package, model):
 
     with zipfile.ZipFile(package) as archive:
         rdf = yaml.safe_load(archive.read("rdf.yaml"))
-        listed = [rdf["documentation"], *rdf["covers"], *rdf["attachments"],
-                  *rdf["weights"].values(), rdf["inputs"][0]["test_tensor"],
-                  rdf["outputs"][0]["test_tensor"]]
+        listed = [
+            rdf["documentation"],
+            *rdf["covers"],
+            *rdf["attachments"],
+            *rdf["weights"].values(),
+            rdf["inputs"][0]["test_tensor"],
+            rdf["outputs"][0]["test_tensor"],
+        ]
         for entry in listed:
             assert hashlib.sha256(archive.read(entry["source"])).hexdigest() == entry["sha256"]
         names = {entry["source"] for entry in listed}
-        assert {KERAS_FILE, ONNX_FILE, TF_FILE, "tiny.ini", "history.tsv",
-                "training_provenance.json"} <= names
+        assert {
+            KERAS_FILE,
+            ONNX_FILE,
+            TF_FILE,
+            "tiny.ini",
+            "history.tsv",
+            "training_provenance.json",
+        } <= names
         with zipfile.ZipFile(archive.open(TF_FILE)) as saved_model:
             assert "saved_model.pb" in saved_model.namelist()
         provenance = json.loads(archive.read("training_provenance.json"))
@@ -121,7 +145,11 @@ def test_package_holds_every_file_with_its_sha256(package, model):
     assert rdf["weights"]["onnx"]["parent"] == "tensorflow_saved_model_bundle"
     assert rdf["license"] == "BSD-3-Clause" and rdf["cite"][0]["url"]
     assert [a.get("id", a["type"]) for a in rdf["inputs"][0]["axes"]] == [
-        "batch", "y", "x", "channel"]
+        "batch",
+        "y",
+        "x",
+        "channel",
+    ]
     assert rdf["inputs"][0]["axes"][1]["size"] == {"min": 16, "step": 4}
     assert {s["name"] for s in provenance["built_from"]["datasets"]} == {"s0", "s1"}
     assert all(len(s["source_sha256"]) == 64 for s in provenance["built_from"]["datasets"])
@@ -153,7 +181,7 @@ def test_a_changed_byte_in_any_weight_file_is_refused(package, tmp_path, member)
         if name != member:
             return data
         middle = len(data) // 2
-        return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+        return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
 
     tampered = rewrite_zip(package, tmp_path / "tampered.zip", flip)
     with pytest.raises(IntegrityError, match=member):
@@ -162,14 +190,17 @@ def test_a_changed_byte_in_any_weight_file_is_refused(package, tmp_path, member)
 
 
 def test_a_missing_listed_file_is_refused(package, tmp_path):
-    dropped = rewrite_zip(package, tmp_path / "dropped.zip",
-                          lambda name, data: None if name == ONNX_FILE else data)
+    dropped = rewrite_zip(
+        package, tmp_path / "dropped.zip", lambda name, data: None if name == ONNX_FILE else data
+    )
     with pytest.raises(IntegrityError, match=f"{ONNX_FILE}: listed in rdf.yaml"):
         load_package(dropped)
 
 
-@pytest.mark.parametrize("entry", ["../escaped.txt", "/tmp/defcon-absolute.txt",
-                                   "sub/../../escaped.txt", "..\\escaped.txt"])
+@pytest.mark.parametrize(
+    "entry",
+    ["../escaped.txt", "/tmp/defcon-absolute.txt", "sub/../../escaped.txt", "..\\escaped.txt"],
+)
 def test_path_traversal_entries_are_refused(package, tmp_path, entry):
     evil = rewrite_zip(package, tmp_path / "evil.zip", extra=[(entry, b"gotcha")])
     with pytest.raises(IntegrityError, match="unsafe path"):
@@ -222,14 +253,31 @@ def test_export_refuses_bad_arguments_and_leaves_old_files_alone(model, tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["old.zip"]
 
 
-def test_cli_exports_and_describes_packages_and_from_file_opens_them(trained, compact_file,
-                                                                     model, tmp_path, capsys):
+def test_cli_exports_and_describes_packages_and_from_file_opens_them(
+    trained, compact_file, model, tmp_path, capsys
+):
     from defcon.cli import main
 
     zip_path, onnx_path = tmp_path / "cli.zip", tmp_path / "cli.onnx"
-    assert main(["export", str(trained["model"]), "--bioimageio", str(zip_path), "--onnx",
-                 str(onnx_path), "--training-dir", str(trained["model"].parent),
-                 "--training-set", str(compact_file), "--author", "A. Person"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(trained["model"]),
+                "--bioimageio",
+                str(zip_path),
+                "--onnx",
+                str(onnx_path),
+                "--training-dir",
+                str(trained["model"].parent),
+                "--training-set",
+                str(compact_file),
+                "--author",
+                "A. Person",
+            ]
+        )
+        == 0
+    )
     assert zip_path.exists() and onnx_path.exists()
     capsys.readouterr()
     assert main(["info", str(zip_path)]) == 0

@@ -28,8 +28,9 @@ def test_zip_bombs_and_oversized_packages_are_refused(tmp_path, monkeypatch):
     assert bomb.stat().st_size < 1 << 20
     with pytest.raises(IntegrityError, match="notes.txt' expands .* zip bomb"):
         load_package(bomb)
-    big = make_zip(tmp_path / "big.zip", {"rdf.yaml": RDF, "notes.txt": b"x" * 5000},
-                   zipfile.ZIP_STORED)
+    big = make_zip(
+        tmp_path / "big.zip", {"rdf.yaml": RDF, "notes.txt": b"x" * 5000}, zipfile.ZIP_STORED
+    )
     monkeypatch.setenv("DEFCON_PACKAGE_MAX_BYTES", "4000")
     with pytest.raises(IntegrityError, match="over the .* limit"):
         load_package(big)
@@ -38,23 +39,28 @@ def test_zip_bombs_and_oversized_packages_are_refused(tmp_path, monkeypatch):
 def test_yaml_alias_bombs_and_huge_rdfs_are_refused(tmp_path):
     lines = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
         f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]"
-        for i in range(8)]
+        for i in range(8)
+    ]
     bomb = make_zip(tmp_path / "alias.zip", {"rdf.yaml": "\n".join(lines) + "\n"})
     with pytest.raises(ModelFileError, match="YAML aliases"):
         load_package(bomb)
-    huge = make_zip(tmp_path / "huge.zip", {"rdf.yaml": "name: x\n" + "# pad\n" * 300_000},
-                    zipfile.ZIP_STORED)
+    huge = make_zip(
+        tmp_path / "huge.zip", {"rdf.yaml": "name: x\n" + "# pad\n" * 300_000}, zipfile.ZIP_STORED
+    )
     with pytest.raises(ModelFileError, match="over the .* bytes"):
         load_package(huge)
 
 
-@pytest.mark.parametrize("rdf", [
-    "type: model\nattachments: 5\nconfig: [1, 2]\n",
-    "type: model\nweights: [a, b]\n",
-    "type: model\ninputs: {a: 1}\n",
-    "- just\n- a list\n",
-    "a: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
-])
+@pytest.mark.parametrize(
+    "rdf",
+    [
+        "type: model\nattachments: 5\nconfig: [1, 2]\n",
+        "type: model\nweights: [a, b]\n",
+        "type: model\ninputs: {a: 1}\n",
+        "- just\n- a list\n",
+        "a: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+    ],
+)
 def test_malformed_rdf_fields_are_one_line_errors(tmp_path, rdf):
     path = make_zip(tmp_path / "bad.zip", {"rdf.yaml": rdf})
     for reader in (load_package, describe_package):

@@ -4,12 +4,11 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
+from conftest import REFERENCE
 
 from defcon import predict as P
 from defcon.errors import DefconError, MissingFileError, ShapeMismatchError, UnsupportedFileError
 from defcon.networks import FCN
-
-from conftest import REFERENCE
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,7 @@ def frames():
     for k in range(6):
         for _ in range(k + 1):
             y, x = rng.uniform(3, 27), rng.uniform(3, 42)
-            stack[k] += 600 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.3 ** 2))
+            stack[k] += 600 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.3**2))
     return stack.clip(0, 65535).astype(np.uint16)
 
 
@@ -47,21 +46,24 @@ def density(model, frames):
 
 def _blobs(shape, seed, n=12):
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
     image = rng.normal(100, 5, shape)
     for y, x in rng.uniform(2, np.array(shape) - 2, (n, 2)):
-        image += 500 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.3 ** 2))
+        image += 500 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.3**2))
     return image.astype(np.float32)
 
 
 # --------------------------------------------------------------------- shapes
-@pytest.mark.parametrize("shape, expected", [
-    ((30, 45), (1, 30, 45, 1)),
-    ((1, 37), (1, 1, 37, 1)),
-    ((3, 30, 45), (3, 30, 45, 1)),
-    ((2, 13, 9, 1), (2, 13, 9, 1)),
-    ((1, 64, 48, 1), (1, 64, 48, 1)),
-])
+@pytest.mark.parametrize(
+    "shape, expected",
+    [
+        ((30, 45), (1, 30, 45, 1)),
+        ((1, 37), (1, 1, 37, 1)),
+        ((3, 30, 45), (3, 30, 45, 1)),
+        ((2, 13, 9, 1), (2, 13, 9, 1)),
+        ((1, 64, 48, 1), (1, 64, 48, 1)),
+    ],
+)
 def test_density_has_the_input_shape(model, shape, expected):
     out = P.predict_stack(model, np.random.default_rng(0).random(shape) * 1000)
     assert out.shape == expected and out.dtype == np.float32
@@ -121,9 +123,16 @@ def test_tiff_chunks_equal_the_stack_in_memory(model, stack_file, density):
     np.testing.assert_allclose(out, density, atol=1e-6)
 
 
-@pytest.mark.parametrize("index, selected", [
-    (2, [2]), (-1, [5]), (slice(1, 6, 2), [1, 3, 5]), ([4, 0, 2], [4, 0, 2]), (np.int64(3), [3]),
-])
+@pytest.mark.parametrize(
+    "index, selected",
+    [
+        (2, [2]),
+        (-1, [5]),
+        (slice(1, 6, 2), [1, 3, 5]),
+        ([4, 0, 2], [4, 0, 2]),
+        (np.int64(3), [3]),
+    ],
+)
 def test_index_selects_frames(model, stack_file, density, index, selected):
     out = P.predict_tiff(model, stack_file, index=index, batch_size=2)
     np.testing.assert_allclose(out, density[selected], atol=1e-6)
@@ -140,8 +149,7 @@ def test_8_16_and_32_bit_tiffs(model, tmp_path, dtype):
 
 
 @pytest.mark.parametrize("suffix", [".tif", ".h5"])
-def test_written_outputs_equal_the_returned_densities(model, stack_file, density, tmp_path,
-                                                      suffix):
+def test_written_outputs_equal_the_returned_densities(model, stack_file, density, tmp_path, suffix):
     out = tmp_path / f"density{suffix}"
     counts = P.predict_tiff(model, stack_file, index=[1, 2, 3, 5], batch_size=3, output=out)
     expected = density[[1, 2, 3, 5]]
@@ -182,8 +190,15 @@ def test_iter_predict_tiff_and_count_rows(model, stack_file, density):
 # ------------------------------------------------------------- local counts
 def test_max_local_count_equals_brute_force():
     d = np.random.default_rng(6).random((3, 17, 23)).astype(np.float32)
-    brute = np.array([[[d[k, r:r + 7, c:c + 7].sum(dtype=np.float64) for c in range(17)]
-                       for r in range(11)] for k in range(3)])
+    brute = np.array(
+        [
+            [
+                [d[k, r : r + 7, c : c + 7].sum(dtype=np.float64) for c in range(17)]
+                for r in range(11)
+            ]
+            for k in range(3)
+        ]
+    )
     np.testing.assert_allclose(P.local_count_map(d), brute, rtol=1e-12)
     np.testing.assert_allclose(P.max_local_count(d[..., None]), brute.max(axis=(1, 2)))
     assert P.local_count_map(d[0], box_size=5).shape == (13, 19)
@@ -196,8 +211,9 @@ def test_max_count_model_equals_max_local_count(model):
     x = np.stack([_blobs((32, 48), s, n=20) for s in range(3)])[..., None]
     max_model = model.with_max_count(pool=(7, 7))
     expected = max_model.predict(x, verbose=0)[:, 0]
-    np.testing.assert_allclose(P.max_local_count(P.predict_stack(model, x)), expected,
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        P.max_local_count(P.predict_stack(model, x)), expected, rtol=1e-4, atol=1e-5
+    )
     with pytest.raises(ShapeMismatchError, match="max local count"):
         P.predict_stack(max_model, x)
 
@@ -223,8 +239,9 @@ def test_bad_files_raise_errors_naming_the_file(model, tmp_path, stack_file):
     assert issubclass(P.FrameIndexError, DefconError)
 
 
-@pytest.mark.parametrize("bad", [np.zeros((2, 3, 4, 5)), np.zeros((0, 8, 8)), np.zeros(5),
-                                 np.array([["a", "b"]])])
+@pytest.mark.parametrize(
+    "bad", [np.zeros((2, 3, 4, 5)), np.zeros((0, 8, 8)), np.zeros(5), np.array([["a", "b"]])]
+)
 def test_bad_arrays_raise_shape_errors(model, bad):
     with pytest.raises(ShapeMismatchError, match="expected real"):
         P.predict_stack(model, bad)

@@ -51,8 +51,9 @@ def test_image_is_bright_where_the_ground_truth_has_emitters():
     stack, truth = sim.simulate_stack(20, H, W, seed=2, density_sweep=(0.3, 0.6))
     bright = truth[truth["brightness"] >= 1000]
     assert len(bright) > 10
-    values = stack[bright["frame"] - 1, np.floor(bright["y"]).astype(int),
-                   np.floor(bright["x"]).astype(int)].astype(float)
+    values = stack[
+        bright["frame"] - 1, np.floor(bright["y"]).astype(int), np.floor(bright["x"]).astype(int)
+    ].astype(float)
     background = np.median(stack[bright["frame"] - 1], axis=(1, 2))
     assert (values > background + 40).all()
 
@@ -71,13 +72,23 @@ def test_render_emitters_follows_the_pixel_convention():
     assert corner.sum() == pytest.approx(250.0, rel=1e-3)
 
 
-@pytest.mark.parametrize("em_gain, shot_noise, rel", [(None, False, 0.02), (30.0, False, 0.02),
-                                                    (None, True, 0.1)])
+@pytest.mark.parametrize(
+    "em_gain, shot_noise, rel", [(None, False, 0.02), (30.0, False, 0.02), (None, True, 0.1)]
+)
 def test_isolated_emitter_total_signal_matches_its_brightness(em_gain, shot_noise, rel):
     qe, adu_gain, baseline = 0.8, 2.0, 100.0
-    stack, truth = sim.simulate_stack(60, H, W, seed=5, activation_rate=2e-5, baseline=baseline,
-                                      quantum_efficiency=qe, adu_gain=adu_gain, em_gain=em_gain,
-                                      **dict(NOISE_FREE, shot_noise=shot_noise))
+    stack, truth = sim.simulate_stack(
+        60,
+        H,
+        W,
+        seed=5,
+        activation_rate=2e-5,
+        baseline=baseline,
+        quantum_efficiency=qe,
+        adu_gain=adu_gain,
+        em_gain=em_gain,
+        **dict(NOISE_FREE, shot_noise=shot_noise),
+    )
     alone = truth.groupby("frame").filter(lambda rows: len(rows) == 1)
     inside = alone["x"].between(6, W - 6) & alone["y"].between(6, H - 6)
     alone = alone[inside & (alone["brightness"] > 200)]
@@ -90,8 +101,9 @@ def test_isolated_emitter_total_signal_matches_its_brightness(em_gain, shot_nois
 
 def test_partial_on_times_give_less_than_a_full_frame_of_photons():
     rate = 2000.0
-    _, truth = sim.simulate_stack(40, H, W, seed=6, photon_rate=rate, density_sweep=(1.0, 1.0),
-                                  **NOISE_FREE)
+    _, truth = sim.simulate_stack(
+        40, H, W, seed=6, photon_rate=rate, density_sweep=(1.0, 1.0), **NOISE_FREE
+    )
     b = truth["brightness"]
     assert (b <= rate + 1e-9).all()
     assert (b < 0.99 * rate).mean() > 0.2  # switched on or off during the frame
@@ -107,11 +119,18 @@ def test_default_sweep_spans_empty_to_crowded_64x64_frames():
     counts = counts_per_frame(truth, n)
     assert counts.min() == 0
     assert counts.max() >= 60
-    assert counts[: n // 3].mean() < counts[n // 3: 2 * n // 3].mean() < counts[2 * n // 3:].mean()
+    assert (
+        counts[: n // 3].mean() < counts[n // 3 : 2 * n // 3].mean() < counts[2 * n // 3 :].mean()
+    )
 
 
-@pytest.mark.parametrize("extra", [dict(sweep_mode="log", density_sweep=(0.05, 1.5)),
-                                   dict(sweep_blocks=3, density_sweep=(0.0, 1.5))])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        dict(sweep_mode="log", density_sweep=(0.05, 1.5)),
+        dict(sweep_blocks=3, density_sweep=(0.0, 1.5)),
+    ],
+)
 def test_log_and_block_sweeps_increase(extra):
     n = 90
     _, truth = sim.simulate_stack(n, 32, 48, seed=7, **extra)
@@ -122,7 +141,7 @@ def test_log_and_block_sweeps_increase(extra):
 def test_steady_sweep_density_matches_its_target():
     n, density = 200, 1.0
     _, truth = sim.simulate_stack(n, 64, 64, seed=8, density_sweep=(density, density))
-    target = density * 64 * 64 * 0.1 ** 2  # 100 nm pixels by default
+    target = density * 64 * 64 * 0.1**2  # 100 nm pixels by default
     assert counts_per_frame(truth, n)[60:].mean() == pytest.approx(target, rel=0.15)
 
 
@@ -131,8 +150,9 @@ def test_fiducials_are_always_on_and_optionally_logged():
     assert sorted(truth["id"].unique()) == [1, 2]
     assert (counts_per_frame(truth, 5) == 2).all()
     assert truth["brightness"].between(19000, 21000).all()
-    stack, quiet = sim.simulate_stack(5, H, W, seed=9, fluorophore_density=0.0, n_fiducials=2,
-                                      log_fiducials=False)
+    stack, quiet = sim.simulate_stack(
+        5, H, W, seed=9, fluorophore_density=0.0, n_fiducials=2, log_fiducials=False
+    )
     assert quiet.empty and list(quiet.columns) == list(truth.columns)
     assert stack.max() > 1000  # still in the image
 
@@ -156,16 +176,19 @@ def test_simulate_writes_an_imagej_tiff_and_a_sass_frame_logger(tmp_path):
     logged = pd.read_csv(summary["frame_logger"])
     assert logged["frame"].min() >= 1 and logged["frame"].max() <= n
     np.testing.assert_array_equal(logged[["frame", "id"]], truth[["frame", "id"]])
-    np.testing.assert_allclose(logged[["x", "y", "brightness"]], truth[["x", "y", "brightness"]],
-                               atol=5e-5)
+    np.testing.assert_allclose(
+        logged[["x", "y", "brightness"]], truth[["x", "y", "brightness"]], atol=5e-5
+    )
 
     counts = counts_per_frame(truth, n)
     assert summary["n_frames"] == n and (summary["height"], summary["width"]) == (H, W)
     assert summary["n_emitters"] == truth["id"].nunique()
     assert summary["n_localizations"] == len(truth)
     assert summary["emitters_per_frame_mean"] == pytest.approx(counts.mean())
-    assert (summary["emitters_per_frame_min"], summary["emitters_per_frame_max"]) == \
-        (counts.min(), counts.max())
+    assert (summary["emitters_per_frame_min"], summary["emitters_per_frame_max"]) == (
+        counts.min(),
+        counts.max(),
+    )
     assert sorted(p.name for p in out.iterdir()) == ["frame_logger.csv", "stack.tif"]
 
 
@@ -195,31 +218,34 @@ def test_failed_simulation_leaves_no_files_and_keeps_old_ones(tmp_path, monkeypa
     assert sorted(p.name for p in old.iterdir()) == ["frame_logger.csv", "stack.tif"]
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(n_frames=0), "n_frames"),
-    (dict(n_frames=2.5), "n_frames"),
-    (dict(height=0), "height"),
-    (dict(width=-3), "width"),
-    (dict(bleach_rate=-0.1), "bleach_rate"),
-    (dict(activation_rate=-1e-5), "activation_rate"),
-    (dict(dark2_return_rate=float("nan")), "dark2_return_rate"),
-    (dict(photon_rate="2000"), "photon_rate"),
-    (dict(background=-1), "background"),
-    (dict(quantum_efficiency=1.5), "quantum_efficiency"),
-    (dict(quantum_efficiency=0), "quantum_efficiency"),
-    (dict(em_gain=0.5), "em_gain"),
-    (dict(magnification=0), "magnification"),
-    (dict(adu_gain=0), "adu_gain"),
-    (dict(n_fiducials=-1), "n_fiducials"),
-    (dict(shot_noise="yes"), "shot_noise"),
-    (dict(density_sweep=(1.0,)), "density_sweep"),
-    (dict(density_sweep=(-1.0, 1.0)), "density_sweep"),
-    (dict(density_sweep=(0.0, 1.0), sweep_mode="log"), "density_sweep"),
-    (dict(density_sweep=True, sweep_mode="cubic"), "sweep_mode"),
-    (dict(density_sweep=True, sweep_blocks=1), "sweep_blocks"),
-    (dict(density_sweep=True, bleach_rate=0.0), "bleach_rate"),
-    (dict(frames_per_second=10), "frames_per_second"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(n_frames=0), "n_frames"),
+        (dict(n_frames=2.5), "n_frames"),
+        (dict(height=0), "height"),
+        (dict(width=-3), "width"),
+        (dict(bleach_rate=-0.1), "bleach_rate"),
+        (dict(activation_rate=-1e-5), "activation_rate"),
+        (dict(dark2_return_rate=float("nan")), "dark2_return_rate"),
+        (dict(photon_rate="2000"), "photon_rate"),
+        (dict(background=-1), "background"),
+        (dict(quantum_efficiency=1.5), "quantum_efficiency"),
+        (dict(quantum_efficiency=0), "quantum_efficiency"),
+        (dict(em_gain=0.5), "em_gain"),
+        (dict(magnification=0), "magnification"),
+        (dict(adu_gain=0), "adu_gain"),
+        (dict(n_fiducials=-1), "n_fiducials"),
+        (dict(shot_noise="yes"), "shot_noise"),
+        (dict(density_sweep=(1.0,)), "density_sweep"),
+        (dict(density_sweep=(-1.0, 1.0)), "density_sweep"),
+        (dict(density_sweep=(0.0, 1.0), sweep_mode="log"), "density_sweep"),
+        (dict(density_sweep=True, sweep_mode="cubic"), "sweep_mode"),
+        (dict(density_sweep=True, sweep_blocks=1), "sweep_blocks"),
+        (dict(density_sweep=True, bleach_rate=0.0), "bleach_rate"),
+        (dict(frames_per_second=10), "frames_per_second"),
+    ],
+)
 def test_bad_parameters_raise_a_defcon_error_naming_them(kwargs, name, tmp_path):
     args = dict(n_frames=3, height=H, width=W)
     for key in ("n_frames", "height", "width"):

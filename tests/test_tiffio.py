@@ -55,7 +55,7 @@ def test_truncated_file_names_the_last_complete_frame(tmp_path, imagej):
     tifffile.imwrite(path, STACK, imagej=imagej)
     data = path.read_bytes()
     cut = tmp_path / "cut.tif"
-    cut.write_bytes(data[:len(data) * 2 // 3])
+    cut.write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(UnsupportedFileError, match=r"cut.tif: truncated.*declares 10 frames"):
         TiffStack(cut)
     assert path.read_bytes() == data  # the intact file is untouched and reads whole
@@ -96,16 +96,20 @@ def write_hyperstack(path, kind, data=HYPER, axes="TZCYX"):
     elif kind == "ome":
         tifffile.imwrite(path, data, ome=True, metadata={"axes": axes}, photometric="minisblack")
     else:  # page by page (compressed), tifffile's shaped metadata
-        tifffile.imwrite(path, data, compression="zlib", metadata={"axes": axes},
-                         photometric="minisblack")
+        tifffile.imwrite(
+            path, data, compression="zlib", metadata={"axes": axes}, photometric="minisblack"
+        )
     return path
 
 
 @pytest.mark.parametrize("kind", ["imagej", "ome", "shaped-zlib"])
 def test_hyperstack_reads_the_chosen_channel_and_z(tmp_path, kind):
     path = write_hyperstack(tmp_path / "hyper.tif", kind)
-    with pytest.raises(UnsupportedFileError, match=r"hyper.tif: a 5-D hyperstack \(axes TZCYX, "
-                       r"shape \(6, 2, 3, 40, 56\)\).*--z N and/or --channel N.*z=N, channel=N"):
+    with pytest.raises(
+        UnsupportedFileError,
+        match=r"hyper.tif: a 5-D hyperstack \(axes TZCYX, "
+        r"shape \(6, 2, 3, 40, 56\)\).*--z N and/or --channel N.*z=N, channel=N",
+    ):
         TiffStack(path)
     with pytest.raises(UnsupportedFileError, match="along T and Z.*--z N"):
         TiffStack(path, channel=1)  # T and Z left
@@ -132,15 +136,22 @@ def test_hyperstack_reads_only_the_chosen_pages(tmp_path, monkeypatch):
     assert asked == [[15, 21]]  # page (t, z, c) is t*6 + z*3 + c: two pages decoded
 
 
-@pytest.mark.parametrize("axes, pick, expected", [
-    ("TCYX", {"channel": 1}, HYPER[:, 0, 1]),        # time-lapse of 3 channels
-    ("ZCYX", {"channel": 0}, HYPER[:, 0, 0]),        # z-stack of 3 channels: z as frames
-    ("TZYX", {"z": 1}, HYPER[:, 1, 0]),
-    ("TYX", {"channel": 0, "z": 0}, HYPER[:, 0, 0]),  # 0 stands for an axis the file lacks
-])
+@pytest.mark.parametrize(
+    "axes, pick, expected",
+    [
+        ("TCYX", {"channel": 1}, HYPER[:, 0, 1]),  # time-lapse of 3 channels
+        ("ZCYX", {"channel": 0}, HYPER[:, 0, 0]),  # z-stack of 3 channels: z as frames
+        ("TZYX", {"z": 1}, HYPER[:, 1, 0]),
+        ("TYX", {"channel": 0, "z": 0}, HYPER[:, 0, 0]),  # 0 stands for an axis the file lacks
+    ],
+)
 def test_hyperstacks_of_two_axes(tmp_path, axes, pick, expected):
-    data = {"TCYX": HYPER[:, 0], "ZCYX": HYPER[:, 0], "TZYX": HYPER[:, :, 0],
-            "TYX": HYPER[:, 0, 0]}[axes]
+    data = {
+        "TCYX": HYPER[:, 0],
+        "ZCYX": HYPER[:, 0],
+        "TZYX": HYPER[:, :, 0],
+        "TYX": HYPER[:, 0, 0],
+    }[axes]
     path = write_hyperstack(tmp_path / "h.tif", "imagej", data, axes)
     if len(axes) == 4:
         with pytest.raises(UnsupportedFileError, match=f"axes {axes}"):
@@ -166,7 +177,7 @@ def test_truncated_hyperstack_names_the_last_complete_frame(tmp_path):
     data = path.read_bytes()
     cut = tmp_path / "cut.tif"
     plane = 40 * 56 * 2
-    cut.write_bytes(data[:data.index(HYPER[0, 0, 0].tobytes()) + 15 * plane])  # 15 planes
+    cut.write_bytes(data[: data.index(HYPER[0, 0, 0].tobytes()) + 15 * plane])  # 15 planes
     # (t, z=1, c=0) is plane 6t + 3: planes 3 and 9 are whole, 15 is not
     with pytest.raises(UnsupportedFileError, match="declares 6 frames but ends after frame 2 "):
         TiffStack(cut, channel=0, z=1)
@@ -183,7 +194,7 @@ def test_allow_truncated_reads_the_intact_frames(tmp_path, imagej, compression, 
     tifffile.imwrite(path, STACK, imagej=imagej, compression=compression)
     data = path.read_bytes()
     cut = tmp_path / "cut.tif"
-    cut.write_bytes(data[:len(data) * 2 // 3])
+    cut.write_bytes(data[: len(data) * 2 // 3])
     with pytest.raises(UnsupportedFileError, match="cut.tif: truncated.*--allow-truncated"):
         TiffStack(cut)
     with TiffStack(cut, allow_truncated=True) as stack:
@@ -191,7 +202,8 @@ def test_allow_truncated_reads_the_intact_frames(tmp_path, imagej, compression, 
         assert 4 <= n < 10 and stack.truncated == (10, n)
         np.testing.assert_array_equal(stack.read(), STACK[:n])
     assert f"reading the {n} intact frames" in caplog.text
-    assert TiffStack(path, allow_truncated=True).truncated is None
+    with TiffStack(path, allow_truncated=True) as stack:
+        assert stack.truncated is None
 
 
 def test_broken_chain_of_pages_without_metadata_is_an_error(tmp_path):
@@ -200,7 +212,7 @@ def test_broken_chain_of_pages_without_metadata_is_an_error(tmp_path):
         for frame in STACK:  # no metadata: nothing declares the number of frames
             tif.write(frame, metadata=None)
     cut = tmp_path / "cut.tif"
-    cut.write_bytes(path.read_bytes()[:len(path.read_bytes()) * 2 // 3 + 100])
+    cut.write_bytes(path.read_bytes()[: len(path.read_bytes()) * 2 // 3 + 100])
     with pytest.raises(UnsupportedFileError, match="cut.tif: truncated.*ends after frame 6 "):
         TiffStack(cut)
     with TiffStack(cut, allow_truncated=True) as stack:
@@ -214,12 +226,16 @@ def test_pages_that_the_metadata_leave_out_are_an_error(tmp_path):
     tifffile.imwrite(path, STACK, imagej=True)
     data = path.read_bytes()
     assert b"images=10\n" in data  # now declare 6 of the 10 images
-    path.write_bytes(data.replace(b"images=10\n", b"images=06\n")
-                     .replace(b"channels=10\n", b"channels=06\n"))
+    path.write_bytes(
+        data.replace(b"images=10\n", b"images=06\n").replace(b"channels=10\n", b"channels=06\n")
+    )
     with tifffile.TiffFile(path) as tif:
         assert tif.series[0].shape == (6, 40, 56)  # tifffile alone would drop 4 frames
-    with pytest.raises(UnsupportedFileError, match=r"ij.tif: holds 10 images but its imagej "
-                       r"metadata describe 6 .*the other 4 would not be read"):
+    with pytest.raises(
+        UnsupportedFileError,
+        match=r"ij.tif: holds 10 images but its imagej "
+        r"metadata describe 6 .*the other 4 would not be read",
+    ):
         TiffStack(path)
 
 
@@ -230,19 +246,23 @@ def ome_xml(planes, files, size_t=None):
         uuid = f'<UUID FileName="{name}">urn:uuid:{name}</UUID>' if name else ""
         entries.append(f'<TiffData FirstT="{first}" IFD="0" PlaneCount="{n}">{uuid}</TiffData>')
         first += n
-    return ('<?xml version="1.0" encoding="UTF-8"?>'
-            '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
-            '<Image ID="Image:0" Name="acq"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" '
-            f'Type="uint16" SizeX="56" SizeY="40" SizeC="1" SizeZ="1" SizeT="{size_t or planes}">'
-            '<Channel ID="Channel:0:0" SamplesPerPixel="1"/>' + "".join(entries)
-            + "</Pixels></Image></OME>")
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+        '<Image ID="Image:0" Name="acq"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" '
+        f'Type="uint16" SizeX="56" SizeY="40" SizeC="1" SizeZ="1" SizeT="{size_t or planes}">'
+        '<Channel ID="Channel:0:0" SamplesPerPixel="1"/>'
+        + "".join(entries)
+        + "</Pixels></Image></OME>"
+    )
 
 
 def test_ome_metadata_describing_fewer_planes_than_pages_is_an_error(tmp_path):
     path = tmp_path / "short.ome.tif"
     tifffile.imwrite(path, STACK, description=ome_xml(6, [("", 6)]), metadata=None)
-    with pytest.raises(UnsupportedFileError, match="holds 10 images but its ome metadata "
-                       "describe 6"):
+    with pytest.raises(
+        UnsupportedFileError, match="holds 10 images but its ome metadata describe 6"
+    ):
         TiffStack(path)
 
 
@@ -269,8 +289,11 @@ def test_missing_companion_file_is_an_error_naming_it(tmp_path):
 
     first, second = write_micromanager(tmp_path)
     second.unlink()  # tifffile alone would fill its frames with zeros
-    with pytest.raises(MissingFileError, match=r"acq_MMStack_Pos0.ome.tif: multi-file OME-TIFF "
-                       r"whose companion file\(s\) acq_MMStack_Pos0_1.ome.tif are missing"):
+    with pytest.raises(
+        MissingFileError,
+        match=r"acq_MMStack_Pos0.ome.tif: multi-file OME-TIFF "
+        r"whose companion file\(s\) acq_MMStack_Pos0_1.ome.tif are missing",
+    ):
         TiffStack(first)
 
 
@@ -302,10 +325,15 @@ def test_predict_tiff_passes_stack_options(tmp_path):
     clean = frames.copy()
     clean[5] = 0
     tifffile.imwrite(tmp_path / "clean.tif", clean)
-    np.testing.assert_allclose(np.delete(density, 5, axis=0),
-                               np.delete(model.predict_tiff(tmp_path / "clean.tif"), 5, axis=0),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.delete(density, 5, axis=0),
+        np.delete(model.predict_tiff(tmp_path / "clean.tif"), 5, axis=0),
+        atol=1e-5,
+    )
     hyper = write_hyperstack(tmp_path / "hyper.tif", "imagej")
     tifffile.imwrite(tmp_path / "plane.tif", HYPER[:, 1, 2])
-    np.testing.assert_allclose(model.predict_tiff(hyper, stack_options={"channel": 2, "z": 1}),
-                               model.predict_tiff(tmp_path / "plane.tif"), atol=1e-5)
+    np.testing.assert_allclose(
+        model.predict_tiff(hyper, stack_options={"channel": 2, "z": 1}),
+        model.predict_tiff(tmp_path / "plane.tif"),
+        atol=1e-5,
+    )

@@ -50,8 +50,9 @@ def test_original_defcon_config_runs_unchanged(tmp_path, compact_file):
     assert (tmp_path / "training" / "weights" / "my_trained_model.seg.weights.h5").exists()
 
 
-def test_two_stage_training_writes_everything_and_freezes_segmentation(tmp_path, compact_file,
-                                                                       write_config):
+def test_two_stage_training_writes_everything_and_freezes_segmentation(
+    tmp_path, compact_file, write_config
+):
     config = write_config(compact_file)
     result = train(config, verbose=0)
     out = tmp_path / "out"
@@ -69,14 +70,17 @@ def test_two_stage_training_writes_everything_and_freezes_segmentation(tmp_path,
     for name in ("conv_seg_1", "conv_seg_3", "decon_seg_2", "seg"):
         for a, b in zip(seg.get_layer(name).get_weights(), model.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
-    assert not np.allclose(model.get_layer("conv_1").get_weights()[0],
-                           FCN(seed=1).get_layer("conv_1").get_weights()[0])
+    assert not np.allclose(
+        model.get_layer("conv_1").get_weights()[0], FCN(seed=1).get_layer("conv_1").get_weights()[0]
+    )
 
 
-def test_initial_model_fine_tunes_from_existing_weights(tmp_path, compact_file, write_config,
-                                                        original_model_file):
-    config = write_config(compact_file, extra=f"InitialModel = {original_model_file}\n"
-                          "CountCalibration = false")
+def test_initial_model_fine_tunes_from_existing_weights(
+    tmp_path, compact_file, write_config, original_model_file
+):
+    config = write_config(
+        compact_file, extra=f"InitialModel = {original_model_file}\nCountCalibration = false"
+    )
     text = config.read_text().replace("NumEpochs = 1", "NumEpochs = 0")  # [SegNet]
     config.write_text(text.replace("AdamLR = 0.001", "AdamLR = 1e-12"))
     result = train(config, verbose=0)
@@ -95,8 +99,7 @@ def test_no_density_epoch_is_a_config_error(compact_file, write_config):
         read_config(config)
 
 
-def test_diverged_training_fails_and_keeps_the_previous_model(tmp_path, compact_file,
-                                                              write_config):
+def test_diverged_training_fails_and_keeps_the_previous_model(tmp_path, compact_file, write_config):
     config = write_config(compact_file)
     first = train(config, verbose=0)["model"]
     before = first.read_bytes()
@@ -131,17 +134,38 @@ def test_training_is_deterministic_for_a_seed(tmp_path, compact_file, write_conf
     assert runs[0][0].read_text() == runs[1][0].read_text()
 
 
-@pytest.mark.parametrize("edit, message", [
-    (("BatchSize = 16", "BatchSize = sixteen", 1), r"\[SegNet\] BatchSize: 'sixteen' is not a whole number"),
-    (("AdamLR = 0.001", "AdamLR = -1", 1), r"\[SegNet\] AdamLR: '-1' must be a number > 0"),
-    (("ValidationSplit = 0.25", "ValidationSplit = 1.5", 2), r"\[DensityNet\] ValidationSplit: '1.5' must be a fraction"),
-    (("LambdaFactor = 0.01", "LambdaFactr = 0.01", 1), r"\[DensityNet\] lambdafactr: unknown key"),
-    (("ModelName = tiny.h5", "ModelName =", 1), r"\[General\] ModelName: missing \(required\)"),
-    (("[SegNet]", "[SegmentationNet]", 1), r"missing section \[SegNet\]"),
-    (("Seed = 1", "Seed = 1\nAugment = maybe", 1), r"\[General\] Augment: 'maybe' is not true or false"),
-    (("Seed = 1", "Seed = 1\nDropoutRate = 1.5", 1), r"\[General\] DropoutRate: '1.5' must be a fraction >= 0"),
-    (("Seed = 1", "Seed = 1\nInitialModel = nowhere.keras", 1), r"InitialModel: .*nowhere\.keras does not exist"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            ("BatchSize = 16", "BatchSize = sixteen", 1),
+            r"\[SegNet\] BatchSize: 'sixteen' is not a whole number",
+        ),
+        (("AdamLR = 0.001", "AdamLR = -1", 1), r"\[SegNet\] AdamLR: '-1' must be a number > 0"),
+        (
+            ("ValidationSplit = 0.25", "ValidationSplit = 1.5", 2),
+            r"\[DensityNet\] ValidationSplit: '1.5' must be a fraction",
+        ),
+        (
+            ("LambdaFactor = 0.01", "LambdaFactr = 0.01", 1),
+            r"\[DensityNet\] lambdafactr: unknown key",
+        ),
+        (("ModelName = tiny.h5", "ModelName =", 1), r"\[General\] ModelName: missing \(required\)"),
+        (("[SegNet]", "[SegmentationNet]", 1), r"missing section \[SegNet\]"),
+        (
+            ("Seed = 1", "Seed = 1\nAugment = maybe", 1),
+            r"\[General\] Augment: 'maybe' is not true or false",
+        ),
+        (
+            ("Seed = 1", "Seed = 1\nDropoutRate = 1.5", 1),
+            r"\[General\] DropoutRate: '1.5' must be a fraction >= 0",
+        ),
+        (
+            ("Seed = 1", "Seed = 1\nInitialModel = nowhere.keras", 1),
+            r"InitialModel: .*nowhere\.keras does not exist",
+        ),
+    ],
+)
 def test_config_errors_name_section_and_key(compact_file, write_config, edit, message):
     config = write_config(compact_file)
     old, new, count = edit
@@ -153,8 +177,11 @@ def test_config_errors_name_section_and_key(compact_file, write_config, edit, me
 
 def test_config_reports_every_problem_at_once(compact_file, write_config):
     config = write_config(compact_file)
-    config.write_text(config.read_text().replace("BatchSize = 16", "BatchSize = 0")
-                      .replace("Seed = 1", "Seed = x"))
+    config.write_text(
+        config.read_text()
+        .replace("BatchSize = 16", "BatchSize = 0")
+        .replace("Seed = 1", "Seed = x")
+    )
     with pytest.raises(ConfigError) as err:
         read_config(config)
     text = str(err.value)
@@ -176,8 +203,9 @@ def test_training_set_path_must_be_a_compact_set(tmp_path, write_config, sim_fil
         read_config(tmp_path / "absent.ini")
 
 
-def test_nothing_is_trained_or_written_when_the_config_is_wrong(tmp_path, compact_file,
-                                                                write_config):
+def test_nothing_is_trained_or_written_when_the_config_is_wrong(
+    tmp_path, compact_file, write_config
+):
     config = write_config(compact_file)
     config.write_text(config.read_text().replace("AdamLR = 0.001", "AdamLR = fast"))
     with pytest.raises(ConfigError):
@@ -201,7 +229,7 @@ def test_batches_stream_in_bounded_blocks_and_cover_every_frame_once(compact_fil
         batches = CompactSetBatches(f, "density", (0, 90), batch_size=8, block_batches=2, seed=0)
         batches.inputs = CountingDataset(batches.inputs)
         seen = []
-        for epoch in range(2):
+        for _epoch in range(2):
             xs = [batches[i][0] for i in range(len(batches))]
             seen.append(np.concatenate(xs))
             batches.on_epoch_end()
@@ -216,8 +244,9 @@ def test_batches_stream_in_bounded_blocks_and_cover_every_frame_once(compact_fil
 def test_python_dash_m_and_callable_module(tmp_path, compact_file, write_config):
     config = write_config(compact_file)
     config.write_text(config.read_text().replace("BatchSize = 16", "BatchSize = sixteen"))
-    run = subprocess.run([sys.executable, "-m", "defcon.train", str(config)],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "defcon.train", str(config)], capture_output=True, text=True
+    )
     assert run.returncode == 1
     assert "BatchSize: 'sixteen' is not a whole number" in run.stderr
     assert "Traceback" not in run.stderr
