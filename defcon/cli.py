@@ -17,6 +17,8 @@ from . import __version__  # noqa: E402
 from .errors import DefconError  # noqa: E402
 
 log = logging.getLogger("defcon")
+#: Subcommands that load TensorFlow.
+TENSORFLOW_COMMANDS = ("train", "predict", "export", "info")
 
 EPILOG = """workflow:
   defcon simulate --out sim/                      simulated stack + frame logger
@@ -155,7 +157,13 @@ def _run_simulate(args):
             raise SystemExit("defcon simulate: error: --density-sweep takes no value or LOW HIGH")
         params["density_sweep"] = tuple(args.density_sweep) or True
     summary = simulate(
-        args.out, args.frames, args.height, args.width, seed=args.seed, progress=True, **params
+        args.out,
+        args.frames,
+        args.height,
+        args.width,
+        seed=args.seed,
+        progress=not args.quiet,
+        **params,
     )
     print(
         f"wrote {summary['stack']} ({summary['n_frames']} frames of {summary['height']} x "
@@ -250,7 +258,7 @@ def _run_build(args):
             sigma=args.sigma,
             seg_threshold=args.seg_threshold,
             kernel=args.kernel,
-            progress=True,
+            progress=not args.quiet,
             allow_empty=args.allow_empty,
             stack_options=_stack_options(args),
         )
@@ -304,7 +312,7 @@ def _run_compact(args):
         shuffle=args.shuffle,
         augment=args.augment,
         seed=args.seed,
-        progress=True,
+        progress=not args.quiet,
     )
     print(f"wrote {path}")
     _print_info(path)
@@ -414,10 +422,10 @@ def _run_predict(args):
     from .predict import (
         COUNT_COLUMNS,
         DensityWriter,
+        check_density_output,
         count_rows,
         envelope_check_for,
         is_counts_csv,
-        is_density_output,
         iter_predict_tiff,
         mark_nonfinite,
         nonfinite_mask,
@@ -427,13 +435,7 @@ def _run_predict(args):
     stack_path = Path(args.stack)
     counts_path = Path(args.counts or stack_path.with_name(stack_path.stem + "_counts.csv"))
     if args.out:
-        check_output(
-            args.out,
-            [args.stack, args.model],
-            same_kind=is_density_output,
-            overwrite=args.overwrite,
-            what="density output",
-        )
+        check_density_output(args.out, [args.stack, args.model], overwrite=args.overwrite)
     check_output(
         counts_path,
         [args.stack, args.model, args.out],
@@ -477,7 +479,7 @@ def _run_predict(args):
                     model,
                     stack,
                     batch_size=args.batch_size,
-                    progress=True,
+                    progress=not args.quiet,
                     precision=args.precision,
                     envelope_check=check,
                 )
@@ -732,7 +734,7 @@ def build_parser():
         description="Count fluorescent emitters in SMLM stacks with DEFCoN density networks.",
     )
     parser.add_argument("--version", action="version", version=f"defcon {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    _add_output_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (
         _add_simulate,
@@ -745,7 +747,18 @@ def build_parser():
         _add_clean,
     ):
         add(sub)
+    for command in sub.choices.values():
+        # Also after the subcommand; not given there, the value before it stands.
+        _add_output_options(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_output_options(parser, default=False):
+    group = parser.add_argument_group("output")
+    flag = {"action": "store_true", "default": default}
+    group.add_argument("--quiet", help="warnings and errors only, no progress bars", **flag)
+    group.add_argument("--verbose", help="defcon's debug logs", **flag)
+    group.add_argument("--debug", help="defcon's debug logs and tracebacks", **flag)
 
 
 def main(argv=None):
@@ -753,11 +766,15 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s: %(message)s"
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s"
     )
+    if args.debug or args.verbose:  # defcon's own; other libraries' debug logs are noise here
+        log.setLevel(logging.DEBUG)
     # A job manager's SIGTERM stops the work like Ctrl-C: partial outputs are removed.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if args.command in TENSORFLOW_COMMANDS:
+            _import_tensorflow(show_device=args.command in ("train", "predict"))
         args.run(args)
     except DefconError as err:
         if args.debug:
@@ -774,6 +791,36 @@ def main(argv=None):
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _import_tensorflow(show_device):
+    """Import TensorFlow without its start-up chatter; log the device it will use.
+
+    TensorFlow's C++ libraries write notes (oneDNN, CUDA stubs) straight to the
+    stderr file descriptor while loading, before any log setting applies, so
+    the descriptor points elsewhere meanwhile. Should the import fail, what
+    was written is shown.
+    """
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    if show_device:
+        gpus = tf.config.list_physical_devices("GPU")
+        device = f"GPU ({', '.join(g.name for g in gpus)})" if gpus else "CPU (no GPU found)"
+        log.info("TensorFlow %s on %s", tf.__version__, device)
 
 
 if __name__ == "__main__":

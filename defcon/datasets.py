@@ -14,7 +14,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
 
 from . import __version__, groundtruth, tiffio
 from .errors import (
@@ -26,6 +25,7 @@ from .errors import (
     UnsupportedFileError,
 )
 from .files import atomic_path, check_output, existing_file, hdf5_space, sha256_file
+from .progress import progress_bar
 from .tiffio import TiffStack, is_tiff, to_float
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class TrainingSet(h5py.File):
         kernel : {'integrated', 'sampled'}
             How the Gaussian is discretised (see :func:`defcon.groundtruth.density_stack`).
         progress : bool
-            Show a progress bar.
+            Show a progress bar (on a terminal only).
         allow_empty : bool
             Accept a ground truth with no emitter above ``brightness_threshold``
             (by default an error: it usually means a wrong file, threshold or unit).
@@ -261,8 +261,8 @@ class TrainingSet(h5py.File):
                 **params,
             )
             with self._writing(name, GROUPS, stack.shape) as out:
-                bar = tqdm(
-                    total=n_frames, unit="frame", desc=f"adding {name}", disable=not progress
+                bar = progress_bar(
+                    total=n_frames, unit="frame", desc=f"adding {name}", show=progress
                 )
                 for start, frames in stack.chunks(_frames_per_chunk(height, width)):
                     stop = start + len(frames)
@@ -299,7 +299,7 @@ class TrainingSet(h5py.File):
             Path of the dataset inside an HDF5 ``input_file``: ``(frames, H, W)``
             or ``(frames, H, W, 1)``.
         progress : bool
-            Show a progress bar.
+            Show a progress bar (on a terminal only).
         """
         name = name or Path(input_file).stem
         self._copy_frames("input", name, input_file, input_dataset, to_float, progress)
@@ -318,7 +318,7 @@ class TrainingSet(h5py.File):
         seg_threshold : float
             Density above which ``seg_map/name`` is 1.
         progress : bool
-            Show a progress bar.
+            Show a progress bar (on a terminal only).
         """
         name = name or Path(input_file).stem
         self._copy_frames(
@@ -346,10 +346,10 @@ class TrainingSet(h5py.File):
             )
             with self._writing(name, groups, shape) as out:
                 height, width = shape[1:]
-                for start in tqdm(
+                for start in progress_bar(
                     range(0, shape[0], _frames_per_chunk(height, width)),
                     desc=f"adding {name}",
-                    disable=not progress,
+                    show=progress,
                 ):
                     frames = source(start, start + _frames_per_chunk(height, width))
                     stop = start + len(frames)
@@ -520,7 +520,7 @@ def compact_set(
     seed : int, optional
         Seed of the shuffle and the augmentation.
     progress : bool
-        Show a progress bar.
+        Show a progress bar (on a terminal only).
     temporal : bool
         DEFCoN's option for its 3-D network; only False is accepted.
 
@@ -597,7 +597,7 @@ def _compact(ts, output_file, shuffle, augment, seed, progress):
             )
             for g in GROUPS
         }
-        bar = tqdm(total=total, unit="frame", desc="compacting", disable=not progress)
+        bar = progress_bar(total=total, unit="frame", desc="compacting", show=progress)
         offset = 0
         for name, length in zip(names, lengths):
             for start in range(0, length, chunk):

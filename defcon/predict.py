@@ -24,6 +24,7 @@ import numpy as np
 from .engine import DEFAULT_PRECISION, PRECISIONS, compiled_network  # noqa: F401
 from .errors import FrameIndexError, ShapeMismatchError, UnsupportedFileError
 from .files import atomic_path, check_free_space, check_output, hdf5_space
+from .progress import progress_bar
 from .tiffio import TiffStack
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def predict_tiff(
         ``frame_index`` and provenance attributes), frame by frame and atomically,
         so memory stays bounded whatever the stack's length.
     progress : bool
-        Show a progress bar (frames/s).
+        Show a progress bar (frames/s; on a terminal only).
     precision, tile_size
         See :func:`predict_stack`.
     check_envelope : bool
@@ -143,12 +144,8 @@ def predict_tiff(
     FrameIndexError
         ``index`` names a frame outside the stack.
     """
-    if output is not None and Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UnsupportedFileError(
-            f"{output}: unsupported output type (expected {', '.join(OUTPUT_SUFFIXES)})"
-        )
     if output is not None:
-        check_output(output, [input_file], same_kind=is_density_output, what="density output")
+        check_density_output(output, [input_file])
     with TiffStack(input_file, **(stack_options or {})) as stack:
         frames = _frame_selection(index, len(stack), stack.path)
         shape = (len(frames),) + stack.shape[1:] + (1,)
@@ -238,8 +235,6 @@ def iter_predict_tiff(
     >>> for frames, density in iter_predict_tiff(model, "stack.tif"):  # doctest: +SKIP
     ...     rows = count_rows(density, frames + 1)
     """
-    from tqdm.auto import tqdm
-
     own = not isinstance(stack, TiffStack)
     stack = TiffStack(stack) if own else stack
     try:
@@ -252,8 +247,8 @@ def iter_predict_tiff(
         if envelope_check is not None:
             batches = _observed(batches, envelope_check)
         with (
-            tqdm(
-                total=len(frames), unit="frame", disable=not progress, desc=stack.path.name
+            progress_bar(
+                total=len(frames), unit="frame", show=progress, desc=stack.path.name
             ) as bar,
             contextlib.closing(runner.run(batches)) as run,
         ):
@@ -398,6 +393,34 @@ def receptive_margin():
                 lo, hi = math.ceil((lo + before - k + 1) / s), (hi + before) // s
         radius = max(radius, phase - lo, hi - phase)
     return -(-radius // _MULTIPLE) * _MULTIPLE
+
+
+def check_density_output(path, inputs, overwrite=False):
+    """Refuse a density output of an unknown type, or one that would replace a file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.tif``/``.tiff``/``.h5``/``.hdf5`` file about to be written.
+    inputs : iterable of str or Path
+        The command's inputs (see :func:`defcon.files.check_output`).
+    overwrite : bool
+        Replace an existing file that is not a defcon density output.
+
+    Raises
+    ------
+    UnsupportedFileError
+        Another suffix (``.png``, ``.npy``, ...): nothing would read it as density maps.
+    OverwriteError
+    """
+    if Path(path).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UnsupportedFileError(
+            f"{path}: density maps are written as {', '.join(OUTPUT_SUFFIXES)}; "
+            "choose one of these suffixes"
+        )
+    check_output(
+        path, inputs, same_kind=is_density_output, overwrite=overwrite, what="density output"
+    )
 
 
 class DensityWriter:

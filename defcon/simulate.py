@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import tifffile
 from scipy.special import erf
-from tqdm.auto import tqdm
 
 from . import scene
 from .errors import ConfigError
 from .files import atomic_path
+from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -625,7 +625,7 @@ def simulate(out_dir, n_frames, height, width, seed=None, progress=False, **para
     seed : int or None
         Seed: the same seed gives identical files.
     progress : bool
-        Show a tqdm progress bar.
+        Show a progress bar (on a terminal only).
     **params
         Fields of :class:`SimulationParameters`.
 
@@ -671,10 +671,10 @@ def simulate(out_dir, n_frames, height, width, seed=None, progress=False, **para
             open(tmp_csv, "w", newline="") as csv,
         ):
             csv.write(",".join(COLUMNS) + "\n")
-            frames = tqdm(
+            frames = progress_bar(
                 _frames(n_frames, height, width, seed, p),
                 total=n_frames,
-                disable=not progress,
+                show=progress,
                 unit="frame",
                 desc="simulate",
             )

@@ -24,6 +24,7 @@ from .errors import ConfigError, DefconError, OverwriteError, TrainingError
 from .files import atomic_path, existing_file
 from .models import SEGMENTATION_LAYER_NAMES, CountMAE, DensityLoss
 from .networks import FCN, copy_weights_by_name
+from .progress import keras_verbosity
 from .streaming import CompactSetBatches, open_compact_set
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,11 @@ def _read_value(section_proxy, section, key, spec, base, problems):
 def _check_paths(values, problems):
     training_set = values["General", "trainingsetpath"]
     if not training_set.is_file():
-        problems.append(f"[General] TrainingSetPath: {training_set} does not exist")
+        problems.append(
+            f"[General] TrainingSetPath: {training_set} does not exist (relative paths are read "
+            "from the configuration file's folder: give an absolute path, or copy the "
+            "configuration beside the data)"
+        )
     else:
         try:
             open_compact_set(training_set).close()
@@ -247,7 +252,10 @@ def _check_paths(values, problems):
             problems.append(f"[General] TrainingSetPath: {err}")
     initial = values["General", "initialmodel"]
     if initial is not None and not initial.exists():
-        problems.append(f"[General] InitialModel: {initial} does not exist")
+        problems.append(
+            f"[General] InitialModel: {initial} does not exist (relative paths are read from "
+            "the configuration file's folder)"
+        )
     for key in ("outputdir", "weightdir"):
         folder = values["General", key]
         if folder.exists() and not folder.is_dir():
@@ -263,7 +271,8 @@ def train(config_file, verbose=1, overwrite=False):
     config_file : str or Path
         The ``.ini`` file (see ``configs/default.ini``).
     verbose : int
-        Keras verbosity: 1 shows a progress bar per epoch, 2 a line per epoch,
+        Keras verbosity: 1 shows a progress bar per epoch on a terminal and
+        one line per epoch elsewhere (logs, batch jobs), 2 a line per epoch,
         0 nothing.
     overwrite : bool
         Replace a model already in ``OutputDir`` (by default an error, so that
@@ -464,7 +473,7 @@ def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbo
         validation_data=val_batches.dataset(),
         epochs=settings.numepochs,
         callbacks=callbacks,
-        verbose=verbose,
+        verbose=keras_verbosity(verbose),
         shuffle=False,
     )  # the batches shuffle themselves, in bounded blocks
     losses = fit.history.get("loss", []) + fit.history.get("val_loss", [])

@@ -74,25 +74,34 @@ def test_simulate_build_compact_info_end_to_end(tmp_path, capsys):
     assert "1 dataset(s), 40 frames" in capsys.readouterr().out
 
 
-def test_errors_are_one_line_without_traceback(tmp_path):
-    result = run("build", tmp_path / "t.h5", tmp_path / "missing.tif", tmp_path / "gt.csv")
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
+def cli(capsys, *args):
+    """Run the defcon command in this process: (exit code, stderr)."""
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_errors_are_one_line_without_traceback(tmp_path, capsys):
+    from defcon.errors import MissingFileError
+
+    code, err = cli(capsys, "build", tmp_path / "t.h5", tmp_path / "missing.tif", "gt.csv")
+    assert code == 1
+    assert err.strip().splitlines() == [
         f"defcon build: error: {tmp_path / 'missing.tif'}: TIFF stack not found"
     ]
-    result = run("simulate", "--frames", "5", "--out", tmp_path, "--set", "photon_rate=-3")
-    assert result.returncode == 1 and "photon_rate" in result.stderr
-    assert "Traceback" not in result.stderr
-    result = run("--debug", "info", tmp_path / "nothing.h5")
-    assert result.returncode == 1 and "Traceback" in result.stderr
+    code, err = cli(
+        capsys, "simulate", "--frames", "5", "--out", tmp_path, "--set", "photon_rate=-3"
+    )
+    assert code == 1 and "photon_rate" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(MissingFileError):  # --debug: the exception and its traceback
+        main(["--debug", "info", str(tmp_path / "nothing.h5")])
 
 
-def test_bad_csv_through_the_cli(tmp_path, sim_files):
+def test_bad_csv_through_the_cli(tmp_path, sim_files, capsys):
     stack, _ = sim_files
     (tmp_path / "gt.csv").write_text("frame,x,y\n1,2,3\n")
-    result = run("build", tmp_path / "t.h5", stack, tmp_path / "gt.csv")
-    assert result.returncode == 1
-    assert "gt.csv" in result.stderr and "brightness" in result.stderr
+    code, err = cli(capsys, "build", tmp_path / "t.h5", stack, tmp_path / "gt.csv")
+    assert code == 1
+    assert "gt.csv" in err and "brightness" in err
     with h5py.File(tmp_path / "t.h5", "r") as f:
         assert list(f["input"]) == []
 
@@ -106,11 +115,12 @@ def test_every_subcommand_has_help():
         assert "usage: defcon " + name in text
 
 
-def test_argument_errors_exit_with_usage(tmp_path):
-    result = run("simulate", "--frames", "0", "--out", tmp_path)
-    assert result.returncode == 2 and "must be at least 1" in result.stderr
-    result = run("simulate", "--out", tmp_path, "--set", "nonsense")
-    assert result.returncode != 0 and "NAME=VALUE" in result.stderr
+def test_argument_errors_exit_with_usage(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["simulate", "--frames", "0", "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        main(["simulate", "--out", str(tmp_path), "--set", "nonsense"])
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +171,7 @@ def test_predict_writes_counts_and_densities(tmp_path, sim_files, model_file, ca
     )
 
 
-def test_predict_bad_inputs(tmp_path, sim_files, model_file):
+def test_predict_bad_inputs(tmp_path, sim_files, model_file, capsys):
     import numpy as np
     import tifffile
 
@@ -175,11 +185,37 @@ def test_predict_bad_inputs(tmp_path, sim_files, model_file):
         ((csv_file, stack), "frame_logger.csv: not a model file"),
         ((tmp_path / "none.keras", stack), "none.keras: model file not found"),
     ]
+    cases.append(((model_file, stack, "--out", tmp_path / "d.png"), "d.png: density maps are"))
     for args, message in cases:
-        result = run("predict", *args, "--counts", tmp_path / "c.csv")
-        assert result.returncode == 1, message
-        assert message in result.stderr and "Traceback" not in result.stderr
-        assert not (tmp_path / "c.csv").exists()
+        code = main(["predict", *map(str, args), "--counts", str(tmp_path / "c.csv")])
+        err = capsys.readouterr().err
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "c.csv").exists() and not (tmp_path / "d.png").exists()
+
+
+def test_one_process_smoke_run_is_quiet_and_names_the_device(tmp_path, sim_files, model_file):
+    """As a user runs it: no TensorFlow start-up chatter, one line naming the device."""
+    stack, _ = sim_files
+    result = run("predict", model_file, stack, "--counts", tmp_path / "c.csv")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("INFO: TensorFlow ") and " on " in lines[0]
+    assert "30 frames" in result.stdout and (tmp_path / "c.csv").exists()
+
+
+def test_output_options_work_before_and_after_the_subcommand(tmp_path, sim_files, capsys):
+    from defcon.errors import DuplicateNameError
+
+    stack, truth = sim_files
+    build = ["build", str(tmp_path / "ts.h5"), str(stack), str(truth), "--name", "a"]
+    assert main(["--quiet", *build]) == 0
+    assert "adding" not in capsys.readouterr().err  # no progress bar
+    for argv in (["--debug", *build], [*build, "--debug"]):
+        with pytest.raises(DuplicateNameError):  # --debug: the exception itself
+            main(argv)
+    assert main(build) == 1 and "already exists" in capsys.readouterr().err
+    args = build_parser().parse_args(["info", "x.h5", "--verbose"])
+    assert args.verbose and not args.quiet and not args.debug
 
 
 def test_export_fiji_folder(tmp_path, model_file, capsys):
@@ -223,16 +259,12 @@ def test_predict_and_build_choose_a_channel(tmp_path, sim_files, model_file, cap
 
     stack, csv_file = sim_files
     path, frames = hyperstack(stack, tmp_path)
-    result = run("predict", model_file, path, "--counts", tmp_path / "c.csv")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith(
-            f"defcon predict: error: {path}: a 4-D hyperstack (axes TCYX, shape (30, 2, 24, 40))"
-        )
+    code, err = cli(capsys, "predict", model_file, path, "--counts", tmp_path / "c.csv")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith(
+        f"defcon predict: error: {path}: a 4-D hyperstack (axes TCYX, shape (30, 2, 24, 40))"
     )
-    assert "--channel N" in result.stderr
+    assert "--channel N" in err
     assert not (tmp_path / "c.csv").exists()
 
     assert (
@@ -285,16 +317,16 @@ def test_predict_allow_truncated(tmp_path, sim_files, model_file, capsys):
     data = stack.read_bytes()
     cut = tmp_path / "cut.tif"
     cut.write_bytes(data[: len(data) // 2])
-    result = run("predict", model_file, cut, "--counts", tmp_path / "c.csv")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    code, err = cli(capsys, "predict", model_file, cut, "--counts", tmp_path / "c.csv")
+    assert code == 1 and "Traceback" not in err
     assert (
-        result.stderr.strip()
+        err.strip()
         .splitlines()[-1]
         .startswith(
             f"defcon predict: error: {cut}: truncated or damaged file: it declares 30 frames"
         )
     )
-    assert "--allow-truncated" in result.stderr
+    assert "--allow-truncated" in err
     assert (
         main(
             [
@@ -328,8 +360,8 @@ def test_predict_nan_frames_flag(tmp_path, sim_files, model_file, capsys):
     frames[4, 3, 5], frames[17] = np.nan, np.inf
     path = tmp_path / "nan.tif"
     tifffile.imwrite(path, frames)
-    result = run("predict", model_file, path, "--counts", tmp_path / "c.csv")
-    assert result.returncode == 1 and "frame(s) 5, 18 (1-based)" in result.stderr
+    code, err = cli(capsys, "predict", model_file, path, "--counts", tmp_path / "c.csv")
+    assert code == 1 and "frame(s) 5, 18 (1-based)" in err
     assert (
         main(
             [
@@ -406,9 +438,9 @@ def test_predict_reads_every_file_of_a_micromanager_acquisition(tmp_path, model_
         atol=1e-4,
     )
     second.unlink()
-    result = run("predict", model_file, first, "--counts", tmp_path / "m.csv")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1:] == [
+    code, err = cli(capsys, "predict", model_file, first, "--counts", tmp_path / "m.csv")
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1:] == [
         f"defcon predict: error: {first}: multi-file OME-TIFF whose companion file(s) "
         f"acq_MMStack_Pos0_1.ome.tif are missing from {tmp_path} (its OME-XML lists 2 files); "
         "put them beside it"
@@ -425,8 +457,8 @@ def test_predict_series_option(tmp_path, model_file, capsys):
     with tifffile.TiffWriter(path) as tif:
         tif.write(rng.integers(0, 900, (4, 24, 40)).astype(np.uint16), photometric="minisblack")
         tif.write(rng.integers(0, 900, (7, 16, 20)).astype(np.uint16), photometric="minisblack")
-    result = run("predict", model_file, path, "--counts", tmp_path / "c.csv")
-    assert result.returncode == 1 and "--series N" in result.stderr
+    code, err = cli(capsys, "predict", model_file, path, "--counts", tmp_path / "c.csv")
+    assert code == 1 and "--series N" in err
     assert (
         main(
             [
@@ -443,5 +475,6 @@ def test_predict_series_option(tmp_path, model_file, capsys):
     )
     assert "7 frames (series 1)" in capsys.readouterr().out
     assert len(pd.read_csv(tmp_path / "c.csv")) == 7
-    result = run("predict", model_file, path, "--series", "-1")
-    assert result.returncode == 2 and "0-based index" in result.stderr
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(model_file), str(path), "--series", "-1"])
+    assert exit_.value.code == 2 and "0-based index" in capsys.readouterr().err
