@@ -230,7 +230,7 @@ def test_bad_files_raise_errors_naming_the_file(model, tmp_path, stack_file):
     tifffile.imwrite(empty, np.zeros((0, 8, 8), np.uint16))
     with pytest.raises(UnsupportedFileError, match=r"empty\.tif: .*empty"):
         P.predict_tiff(model, empty)
-    with pytest.raises(UnsupportedFileError, match=r"out\.png: unsupported output"):
+    with pytest.raises(UnsupportedFileError, match=r"out\.png: density maps are written as"):
         P.predict_tiff(model, stack_file, output=tmp_path / "out.png")
     with pytest.raises(P.FrameIndexError, match=r"stack\.tif: frame index 6 outside .* 6 frames"):
         P.predict_tiff(model, stack_file, index=[0, 6])
