@@ -25,6 +25,7 @@ from .errors import (
     UnsupportedFileError,
 )
 from .files import atomic_path, check_output, existing_file, hdf5_space, sha256_file
+from .frames import SIDE_MULTIPLE
 from .progress import progress_bar
 from .tiffio import TiffStack, is_tiff, to_float
 
@@ -229,11 +230,12 @@ class TrainingSet(h5py.File):
         self._check_new_name(name)
         with TiffStack(input_file, **(stack_options or {})) as stack:
             n_frames, height, width = stack.shape
-            if height % 4 or width % 4:
+            m = SIDE_MULTIPLE
+            if height % m or width % m:
                 raise ShapeMismatchError(
                     f"{stack.path}: frames of {height} x {width} px; training needs heights "
-                    "and widths that are multiples of 4 (two stride-2 layers): crop the stack "
-                    f"to {height - height % 4} x {width - width % 4} first"
+                    f"and widths that are multiples of {m} (two stride-2 layers): crop the "
+                    f"stack to {height - height % m} x {width - width % m} first"
                 )
             # Compact and sorted by frame; a CSV is streamed in chunks.
             truth = groundtruth.read_emitters(

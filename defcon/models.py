@@ -37,8 +37,6 @@ DENSITY_LAYERS = (
 SEGMENTATION_LAYER_NAMES = tuple(n for n, kind, *_ in SEG_LAYERS if kind != "dropout") + ("seg",)
 #: Names of every layer with weights that belongs to the density stage.
 DENSITY_LAYER_NAMES = tuple(n for n, kind, *_ in DENSITY_LAYERS if kind != "dropout") + ("density",)
-#: Frame sides must be multiples of this.
-SIDE_MULTIPLE = 4
 OUTPUTS = ("seg", "density", "both")
 
 

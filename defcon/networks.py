@@ -17,6 +17,7 @@ import numpy as np
 from . import models
 from .errors import ConfigError, ExportError, MissingFileError, ModelFileError, UnsupportedFileError
 from .files import existing_file
+from .frames import padded_side
 
 log = logging.getLogger(__name__)
 
@@ -257,10 +258,25 @@ class FCN(keras.Model):
         return None if conversion is None else conversion.model
 
     def predict(self, x, *args, **kwargs):
-        """Keras ``predict``; after :meth:`density_to_max_count`, max counts ``(N, 1)``."""
+        """Keras ``predict``, for frames of any size.
+
+        The network needs heights and widths that are multiples of
+        :data:`defcon.frames.SIDE_MULTIPLE`; other frames (a numpy array
+        ``(N, H, W, 1)``) are padded at the bottom and right by repeating the
+        last row and column, as :meth:`predict_stack` does, and the maps cropped
+        back to ``(N, H, W, 1)``. After :meth:`density_to_max_count`, returns
+        max counts ``(N, 1)``. Other arguments are Keras'.
+        """
         if self.max_count_model is not None:
             return self.max_count_model.predict(x, *args, **kwargs)
-        return super().predict(x, *args, **kwargs)
+        if not (isinstance(x, np.ndarray) and x.ndim == 4):
+            return super().predict(x, *args, **kwargs)  # datasets, generators: as Keras does
+        height, width = x.shape[1:3]
+        pad = [(0, 0), *((0, padded_side(n) - n) for n in (height, width)), (0, 0)]
+        maps = super().predict(np.pad(x, pad, mode="edge"), *args, **kwargs)
+        if isinstance(maps, dict):  # a 'both' network: {'seg': ..., 'density': ...}
+            return {name: m[:, :height, :width] for name, m in maps.items()}
+        return maps[:, :height, :width]
 
     def summary(self, *args, **kwargs):
         """Keras ``summary``; after :meth:`density_to_max_count`, the max-count model's."""

@@ -27,6 +27,7 @@ import tifffile
 
 from .errors import ExportError, MissingFileError, UnsupportedFileError
 from .files import atomic_path, existing_file, sha256_file
+from .frames import SIDE_MULTIPLE
 
 # Reading lives in package_reader; these names are part of this module's API too.
 from .package_reader import (
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 ONNX_OPSET = 17
 INPUT_ID, OUTPUT_ID = "input", "density"
 #: Smallest frame side and side step declared in packages (the network needs multiples of 4).
-SIZE_MIN, SIZE_STEP = 16, 4
+SIZE_MIN, SIZE_STEP = 16, SIDE_MULTIPLE
 TEST_SHAPE = (64, 48)
 ONNX_FILE, TF_FILE = "weights.onnx", "tf_saved_model.zip"
 CITATION = {

@@ -156,3 +156,16 @@ def test_pretrained_model_counts_simulated_emitters():
     expected = count_per_frame(truth, 120, height=64, width=48)
     assert expected.max() >= 30
     assert np.abs(counts - expected).sum() / expected.sum() < 0.12
+
+
+@pytest.mark.parametrize("output", ["density", "both"])
+def test_keras_predict_keeps_any_frame_size(output):
+    from defcon.predict import predict_stack
+
+    model = FCN(output=output, seed=0)
+    frames = np.random.default_rng(0).random((2, 30, 45, 1)).astype(np.float32)
+    maps = model.predict(frames, verbose=0)
+    maps = list(maps.values()) if isinstance(maps, dict) else [maps]
+    assert [m.shape for m in maps] == [(2, 30, 45, 1)] * len(maps)
+    if output == "density":
+        np.testing.assert_allclose(maps[0], predict_stack(model, frames[..., 0]), atol=1e-5)
