@@ -14,7 +14,7 @@ import weakref
 
 import numpy as np
 
-from .errors import ShapeMismatchError
+from .errors import ModelKindError, ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ _CACHE = weakref.WeakKeyDictionary()
 def compiled_network(model, precision):
     """The compiled network for ``model``, rebuilt when its weights change."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ParameterError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if getattr(model, "output_kind", None) == "max_count":
-        raise ShapeMismatchError(
+        raise ModelKindError(
             f"model '{model.name}' returns a max local count, not a map; "
             "predict with its density network and use max_local_count"
         )

@@ -65,6 +65,19 @@ class DiskFullError(DefconError, OSError):
     """Not enough free disk space for an output."""
 
 
+class ModelKindError(ModelFileError, ExportError):
+    """A network of the wrong kind for the task.
+
+    For example a max-count or segmentation network where density maps are
+    needed. It is a :class:`ModelFileError` and an :class:`ExportError`, so
+    code catching either keeps working.
+    """
+
+
+class ParameterError(DefconError, ValueError):
+    """A function argument outside what it accepts (a precision, a size, a choice)."""
+
+
 class IntegrityError(ModelFileError):
     """A packaged file does not match its recorded checksum, or a path is unsafe."""
 

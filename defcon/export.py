@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ExportError, MissingFileError, UnsupportedFileError
+from .errors import ExportError, MissingFileError, ModelKindError, UnsupportedFileError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _network_spec(model):
             "seg": " (a segmentation network gives probabilities, not counts: load or "
             "train the density stage)",
         }
-        raise ExportError(
+        raise ModelKindError(
             f"model '{model.name}' outputs '{kind}'; only 'density' and "
             f"'max_count' networks can be exported{hints.get(kind, '')}"
         )

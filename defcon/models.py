@@ -11,6 +11,8 @@ multiples of 4 (two stride-2 stages down, two up).
 import keras
 from keras import layers, ops
 
+from .errors import ParameterError
+
 #: Segmentation layers in order: (name, kind, filters, kernel, stride).
 SEG_LAYERS = (
     ("conv_seg_1", "conv", 16, 3, 1),
@@ -103,7 +105,7 @@ def defcon_graph(output="density", dropout_rate=0.5, seed=None):
     outputs : KerasTensor of shape (None, None, None, 1), or dict of two
     """
     if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
+        raise ParameterError(f"output must be one of {OUTPUTS}, not {output!r}")
     inputs = keras.Input(shape=(None, None, 1), name="input")
     x = HistNorm(name="hist_norm")(inputs)
     for spec in SEG_LAYERS:

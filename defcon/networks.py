@@ -15,7 +15,13 @@ import keras
 import numpy as np
 
 from . import models
-from .errors import ConfigError, ExportError, MissingFileError, ModelFileError, UnsupportedFileError
+from .errors import (
+    ConfigError,
+    MissingFileError,
+    ModelFileError,
+    ModelKindError,
+    UnsupportedFileError,
+)
 from .files import existing_file
 from .frames import padded_side
 
@@ -201,11 +207,11 @@ class FCN(keras.Model):
 
         Raises
         ------
-        ExportError
+        ModelKindError
             This network has no density stage (a segmentation network).
         """
         if self.output_kind == "seg":
-            raise ExportError(
+            raise ModelKindError(
                 f"model '{self.name}' is a segmentation network: a max-count "
                 "model needs the density stage (train or load a density model)"
             )
@@ -269,7 +275,7 @@ class FCN(keras.Model):
         """
         if self.max_count_model is not None:
             return self.max_count_model.predict(x, *args, **kwargs)
-        if not (isinstance(x, np.ndarray) and x.ndim == 4):
+        if not (isinstance(x, np.ndarray) and x.ndim == 4) or self.output_kind == "max_count":
             return super().predict(x, *args, **kwargs)  # datasets, generators: as Keras does
         height, width = x.shape[1:3]
         pad = [(0, 0), *((0, padded_side(n) - n) for n in (height, width)), (0, 0)]

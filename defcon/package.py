@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .errors import ExportError, MissingFileError, UnsupportedFileError
+from .errors import ExportError, MissingFileError, ModelKindError, UnsupportedFileError
 from .files import atomic_path, existing_file, sha256_file
 from .frames import SIDE_MULTIPLE
 
@@ -80,7 +80,7 @@ def _density_model(model):
     if kind in ("both", "max_count"):
         return model.with_output("density")
     if kind != "density":
-        raise ExportError(f"only DEFCoN density networks can be packaged, not {kind or model!r}")
+        raise ModelKindError(f"only DEFCoN density networks can be packaged, not {kind or model!r}")
     return model
 
 

@@ -29,7 +29,7 @@ from xml.etree import ElementTree
 import numpy as np
 import tifffile
 
-from .errors import MissingFileError, UnsupportedFileError
+from .errors import MissingFileError, ParameterError, UnsupportedFileError
 from .files import existing_file
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class TiffStack:
         self, path, series=None, channel=None, z=None, *, allow_truncated=False, nonfinite="error"
     ):
         if nonfinite not in NONFINITE:
-            raise ValueError(f"nonfinite must be one of {NONFINITE}, not {nonfinite!r}")
+            raise ParameterError(f"nonfinite must be one of {NONFINITE}, not {nonfinite!r}")
         self.path = existing_file(path, "TIFF stack")
         self._series_index = series
         self._picks = {"C": channel, "Z": z}

@@ -7,7 +7,13 @@ import tifffile
 from conftest import REFERENCE
 
 from defcon import predict as P
-from defcon.errors import DefconError, MissingFileError, ShapeMismatchError, UnsupportedFileError
+from defcon.errors import (
+    DefconError,
+    MissingFileError,
+    ModelKindError,
+    ShapeMismatchError,
+    UnsupportedFileError,
+)
 from defcon.networks import FCN
 
 
@@ -214,7 +220,7 @@ def test_max_count_model_equals_max_local_count(model):
     np.testing.assert_allclose(
         P.max_local_count(P.predict_stack(model, x)), expected, rtol=1e-4, atol=1e-5
     )
-    with pytest.raises(ShapeMismatchError, match="max local count"):
+    with pytest.raises(ModelKindError, match="max local count"):
         P.predict_stack(max_model, x)
 
 
@@ -261,3 +267,29 @@ def test_fcn_methods_pass_precision_through(model, frames):
     bf16 = model.predict_stack(frames, precision="bfloat16")
     assert bf16.shape == fp32.shape and not np.array_equal(bf16, fp32)
     np.testing.assert_allclose(bf16.sum(axis=(1, 2, 3)), fp32.sum(axis=(1, 2, 3)), rtol=0.03)
+
+
+def test_wrong_network_kinds_and_arguments_have_one_error_class_each(tmp_path, sim_files):
+    from defcon.errors import ParameterError
+    from defcon.export import save_tf1_model
+    from defcon.package import export_onnx
+    from defcon.tiffio import TiffStack
+
+    seg = FCN(output="seg", seed=0)
+    for refuse in (
+        lambda: P.predict_stack(
+            FCN(output="density", seed=0).with_max_count(), np.zeros((1, 8, 8))
+        ),
+        lambda: seg.with_max_count(),
+        lambda: save_tf1_model(seg, tmp_path / "seg_export"),
+        lambda: export_onnx(seg, tmp_path / "seg.onnx"),
+    ):
+        with pytest.raises(ModelKindError):
+            refuse()
+    for refuse in (
+        lambda: P.predict_stack(seg, np.zeros((1, 8, 8)), precision="float8"),
+        lambda: FCN(output="counts"),
+        lambda: TiffStack(sim_files[0], nonfinite="ignore"),
+    ):
+        with pytest.raises(ParameterError):
+            refuse()
