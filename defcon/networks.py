@@ -601,8 +601,34 @@ def _load_keras3_weights(path, output):
 
 
 def copy_weights_by_name(source, target):
-    """Copy the weights of every layer of ``target`` that ``source`` has by name."""
+    """Copy the weights of every layer of ``target`` that ``source`` has by name.
+
+    Parameters
+    ----------
+    source, target : keras.Model
+
+    Returns
+    -------
+    list of str
+        The layers copied (callers decide whether too few were).
+
+    Raises
+    ------
+    ModelFileError
+        A layer of the same name holds weights of other shapes (another
+        architecture under DEFCoN's layer names).
+    """
     source_layers = {layer.name: layer for layer in source.layers}
+    copied = []
     for layer in target.layers:
         if layer.weights and layer.name in source_layers:
-            layer.set_weights(source_layers[layer.name].get_weights())
+            weights = source_layers[layer.name].get_weights()
+            expected = [w.shape for w in layer.get_weights()]
+            if [w.shape for w in weights] != expected:
+                raise ModelFileError(
+                    f"model '{source.name}': layer '{layer.name}' has weights of shapes "
+                    f"{[w.shape for w in weights]}, the DEFCoN network needs {expected}"
+                )
+            layer.set_weights(weights)
+            copied.append(layer.name)
+    return copied

@@ -321,7 +321,7 @@ def train(config_file, verbose=1, overwrite=False):
             dropout_rate=config.dropoutrate,
         )
         if initial is not None:
-            copy_weights_by_name(initial, seg_model)
+            _start_from(initial, seg_model, config.initialmodel)
         seg_weights = config.weightdir / (Path(config.modelname).stem + ".seg.weights.h5")
         _fit_stage(seg_model, "seg", config.seg, config, h5file, seg_weights, history, verbose)
 
@@ -332,7 +332,7 @@ def train(config_file, verbose=1, overwrite=False):
             dropout_rate=config.dropoutrate,
         )
         if initial is not None:
-            copy_weights_by_name(initial, density_model)
+            _start_from(initial, density_model, config.initialmodel)
         copy_weights_by_name(seg_model, density_model)
         for layer in density_model.layers:
             if layer.name in SEGMENTATION_LAYER_NAMES:
@@ -407,6 +407,27 @@ def _calibrate_count(model, val_batches, config_file):
         len(val_batches),
     )
     return scale
+
+
+def _start_from(initial, model, path):
+    """Copy ``initial``'s weights into ``model``; refuse when none fit, say what is left."""
+    copied = copy_weights_by_name(initial, model)
+    wanted = [layer.name for layer in model.layers if layer.weights]
+    if not copied:
+        raise ConfigError(
+            f"[General] InitialModel: {path} shares no layer with the DEFCoN network "
+            f"(it has {', '.join(layer.name for layer in initial.layers[:6])}, ...); training "
+            "would start from scratch: remove InitialModel to do that on purpose"
+        )
+    missing = [name for name in wanted if name not in copied]
+    if missing:
+        log.info(
+            "InitialModel %s: %d layers start from it, %s from scratch",
+            path,
+            len(copied),
+            ", ".join(missing),
+        )
+    return copied
 
 
 def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbose):

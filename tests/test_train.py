@@ -266,3 +266,24 @@ def test_count_calibration_matches_validation_counts(tmp_path, compact_file, wri
     assert predicted == pytest.approx(y.sum(dtype=np.float64), rel=1e-4)
     off = write_config(compact_file, extra="CountCalibration = false")
     assert train(off, verbose=0, overwrite=True)["count_scale"] == 1.0
+
+
+def test_initial_weights_that_do_not_fit_are_refused_not_ignored():
+    import keras
+
+    from defcon.errors import ConfigError, ModelFileError
+    from defcon.networks import copy_weights_by_name
+    from defcon.train import _start_from
+
+    inputs = keras.Input((None, None, 1))
+    other = keras.Model(inputs, keras.layers.Conv2D(3, 3, name="elsewhere")(inputs))
+    target = FCN(output="seg", seed=0)
+    assert copy_weights_by_name(other, target) == []
+    with pytest.raises(ConfigError, match="old.keras shares no layer.*from scratch"):
+        _start_from(other, target, "old.keras")
+    wrong = keras.Model(inputs, keras.layers.Conv2D(5, 2, name="conv_seg_1")(inputs))
+    with pytest.raises(ModelFileError, match="layer .conv_seg_1. has weights of shapes"):
+        copy_weights_by_name(wrong, target)
+    assert copy_weights_by_name(FCN(output="density", seed=1), target) == [
+        layer.name for layer in target.layers if layer.weights
+    ]
