@@ -190,7 +190,7 @@ def batch_sweep(model, repeats):
 def memory_run(model, n_frames, side, precision):
     import tifffile
 
-    from defcon.predict import DEFAULT_PRECISION, predict_tiff
+    from defcon.predict import DEFAULT_PRECISION, count_tiff
     from defcon.simulate import simulate_stack
 
     pool = simulate_stack(32, side, side, seed=3, density_sweep=(0.5, 3.0))[0]
@@ -202,9 +202,13 @@ def memory_run(model, n_frames, side, precision):
         size_gb = stack.stat().st_size / 1e9
         before = peak_rss_mib()
         t = time.perf_counter()
-        counts = predict_tiff(
-            model, stack, output=Path(tmp) / "density.tif", progress=True, precision=precision
-        )
+        counts = count_tiff(
+            model,
+            stack,
+            density_output=Path(tmp) / "density.tif",
+            progress=True,
+            precision=precision,
+        ).counts
         dt = time.perf_counter() - t
         out_gb = (Path(tmp) / "density.tif").stat().st_size / 1e9
     rate = n_frames * side * side / dt / 1e6

@@ -410,132 +410,69 @@ def _add_predict(sub):
 
 
 def _run_predict(args):
-    import contextlib
-    import csv
     from pathlib import Path
 
-    import numpy as np
-
-    from .errors import ModelFileError, UnsupportedFileError
-    from .files import atomic_path, check_output
-    from .networks import FCN
-    from .predict import (
-        COUNT_COLUMNS,
-        DensityWriter,
-        check_density_output,
-        count_rows,
-        envelope_check_for,
-        is_counts_csv,
-        iter_predict_tiff,
-        mark_nonfinite,
-        nonfinite_mask,
-    )
-    from .tiffio import TiffStack
+    from .predict import count_tiff
 
     stack_path = Path(args.stack)
-    counts_path = Path(args.counts or stack_path.with_name(stack_path.stem + "_counts.csv"))
-    if args.out:
-        check_density_output(args.out, [args.stack, args.model], overwrite=args.overwrite)
-    check_output(
-        counts_path,
-        [args.stack, args.model, args.out],
-        same_kind=is_counts_csv,
-        overwrite=args.overwrite,
-        what="counts CSV",
-    )
-    counts = []
-    with (
-        TiffStack(
-            stack_path,
+    result = count_tiff(
+        args.model,
+        stack_path,
+        counts=args.counts or stack_path.with_name(stack_path.stem + "_counts.csv"),
+        density_output=args.out,
+        box_size=args.box,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        check_envelope=not args.no_envelope_check,
+        stack_options={
             **_stack_options(args),
-            allow_truncated=args.allow_truncated,
-            nonfinite=args.nan_frames,
-        ) as stack,
-        contextlib.ExitStack() as files,
-    ):
-        model = FCN.from_file(args.model)  # after the stack: a bad stack fails at once
-        if model.output_kind not in ("density", "both"):
-            raise ModelFileError(
-                f"{args.model}: a '{model.output_kind}' model; counting needs a density model"
-            )
-        model = model.with_output("density") if model.output_kind == "both" else model
-        writer = None
-        if args.out:
-            writer = files.enter_context(
-                DensityWriter(
-                    args.out,
-                    (len(stack),) + stack.shape[1:] + (1,),
-                    source=stack.path,
-                    model=model.name,
-                )
-            )
-        tmp = files.enter_context(atomic_path(counts_path))
-        table = csv.writer(files.enter_context(open(tmp, "w", newline="")))
-        table.writerow(COUNT_COLUMNS)
-        check = None if args.no_envelope_check else envelope_check_for(model, stack.shape[1:])
-        chunks = files.enter_context(
-            contextlib.closing(
-                iter_predict_tiff(
-                    model,
-                    stack,
-                    batch_size=args.batch_size,
-                    progress=not args.quiet,
-                    precision=args.precision,
-                    envelope_check=check,
-                )
-            )
-        )
-        for frames, density in chunks:
-            density = mark_nonfinite(stack, frames, density)
-            if writer is not None:
-                writer.write(density)
-            rows = count_rows(density, frames + 1, args.box)
-            flags = check.flags(frames, density) if check else [""] * len(rows)
-            skipped = nonfinite_mask(stack, frames)
-            for (f, c, m), flag, skip in zip(rows, flags, skipped):
-                flag = "nan_pixels" if skip else flag
-                if stack.truncated and f == len(stack):
-                    flag = "+".join(x for x in (flag, "truncated") if x)
-                table.writerow((f, "", "", flag) if skip else (f, f"{c:.4f}", f"{m:.4f}", flag))
-            counts += [(c, m) for _, c, m in rows]
-        if len(counts) != len(stack):  # every frame the file holds has a row
-            raise UnsupportedFileError(
-                f"{stack_path}: {len(counts)} frames counted but the stack holds {len(stack)}"
-            )
-    counts = np.array(counts)
-    counted = counts[np.isfinite(counts[:, 0])]
+            "allow_truncated": args.allow_truncated,
+            "nonfinite": args.nan_frames,
+        },
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
+    _print_counts(stack_path, result, args)
+
+
+def _print_counts(stack_path, result, args):
+    """The summary of ``defcon predict``: totals, then one line per warning, then the files."""
+    counts = result.counts[result.counted]
+    box = result.box_size
     print(
-        f"{stack_path}: {len(counts)} frames{_layout(args)}, "
+        f"{stack_path}: {len(result.frames)} frames{_layout(args)}, "
         + (
-            f"{counted[:, 0].sum():.1f} emitters in all, "
-            f"{counted[:, 0].mean():.2f} per frame ({counted[:, 0].min():.1f} to "
-            f"{counted[:, 0].max():.1f}); densest {args.box}x{args.box} box: "
-            f"{counted[:, 1].max():.2f}"
-            if len(counted)
+            f"{counts.sum():.1f} emitters in all, {counts.mean():.2f} per frame "
+            f"({counts.min():.1f} to {counts.max():.1f}); densest {box}x{box} box: "
+            f"{result.max_local_counts[result.counted].max():.2f}"
+            if len(counts)
             else "none counted"
         )
     )
-    if len(counted) < len(counts):
+    if len(counts) < len(result.counts):
         print(
-            f"warning: {len(counts) - len(counted)} frame(s) hold NaN or infinite pixels: "
+            f"warning: {len(result.counts) - len(counts)} frame(s) hold NaN or infinite pixels: "
             "not counted (flag nan_pixels, empty count)"
         )
-    if stack.truncated:
-        declared, read = stack.truncated
+    if result.truncated:
+        declared, read = result.truncated
         print(
             f"warning: truncated or damaged file: {read} intact frames counted"
             + (f" of the {declared} it declares" if declared else "")
             + f" (flag truncated on frame {read})"
         )
-    if check is not None and check.summary():
-        print(f"warning: {check.summary()}")
-    elif check is None:
+    if result.envelope_summary:
+        print(f"warning: {result.envelope_summary}")
+    elif result.envelope_summary is None:
         print(
-            "no training envelope checked (the model records none)"
-            if not args.no_envelope_check
-            else "training envelope not checked"
+            "training envelope not checked"
+            if args.no_envelope_check
+            else "no training envelope checked (the model records none)"
         )
-    print(f"counts: {counts_path}" + (f"; density maps: {args.out}" if args.out else ""))
+    print(
+        f"counts: {result.counts_path}"
+        + (f"; density maps: {result.density_path}" if result.density_path else "")
+    )
 
 
 def _layout(args):

@@ -301,6 +301,7 @@ class FCN(keras.Model):
         self,
         input_file,
         index=None,
+        *,
         batch_size=None,
         output=None,
         progress=False,
@@ -315,8 +316,10 @@ class FCN(keras.Model):
         the progress bar unless it is 0.
 
         After :meth:`density_to_max_count`, returns the max local count of each
-        frame, ``(N, 1)`` float32, as DEFCoN did (with ``output``, the density
-        maps are written and the per-frame counts returned, as without conversion).
+        frame, ``(N, 1)`` float32, as DEFCoN did (with the deprecated ``output``,
+        the density maps are written and the per-frame counts returned, as without
+        conversion). To count emitters and write files, use
+        :func:`defcon.predict.count_tiff`.
 
         Raises
         ------

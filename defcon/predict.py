@@ -12,17 +12,21 @@ DEFCoN-ImageJ's local count map. Measured speeds: ``docs/performance.md``.
 """
 
 import contextlib
+import csv
+import dataclasses
 import logging
 import math
+import os
 import queue
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .engine import DEFAULT_PRECISION, PRECISIONS, compiled_network  # noqa: F401
-from .errors import FrameIndexError, ShapeMismatchError, UnsupportedFileError
+from .errors import FrameIndexError, ModelKindError, ShapeMismatchError, UnsupportedFileError
 from .files import atomic_path, check_free_space, check_output, hdf5_space
 from .progress import progress_bar
 from .tiffio import TiffStack
@@ -89,16 +93,19 @@ def predict_tiff(
     model,
     input_file,
     index=None,
-    batch_size=None,
-    output=None,
-    progress=False,
     *,
+    batch_size=None,
+    progress=False,
     precision=None,
     tile_size=None,
     check_envelope=True,
     stack_options=None,
+    output=None,
 ):
     """Predict density maps for a TIFF stack, streaming it in chunks.
+
+    To count emitters and write density maps and counts to files in bounded
+    memory, use :func:`count_tiff`.
 
     Parameters
     ----------
@@ -109,11 +116,6 @@ def predict_tiff(
         0-based frames to predict (default all; negative ints count from the end).
     batch_size : int, optional
         Frames read and predicted at a time (default: ``BATCH_PIXELS[precision]`` pixels).
-    output : str or Path, optional
-        Write densities to this ``.tif``/``.tiff`` (float32 stack) or ``.h5`` file
-        (dataset ``density`` of shape (N, H, W, 1), one frame per chunk, dataset
-        ``frame_index`` and provenance attributes), frame by frame and atomically,
-        so memory stays bounded whatever the stack's length.
     progress : bool
         Show a progress bar (frames/s; on a terminal only).
     precision, tile_size
@@ -128,74 +130,253 @@ def predict_tiff(
         the intact frames of a truncated file, ``nonfinite='flag'`` predicts
         frames holding NaN or infinite pixels as NaN (with a logged warning)
         instead of raising.
+    output : str or Path, optional
+        Deprecated (DeprecationWarning): writes the density maps to this file and
+        returns the count of every frame, ndarray of shape (N,), instead of the
+        maps; use ``count_tiff(model, input_file, density_output=output).counts``.
 
     Returns
     -------
     ndarray of shape (N, H, W, 1), float32
-        The densities, when ``output`` is None (NaN for frames with NaN pixels).
-    ndarray of shape (N,), float64
-        The count (density sum) of every frame, when ``output`` is given.
+        The densities (NaN for frames with NaN pixels).
 
     Raises
     ------
     MissingFileError, UnsupportedFileError
-        The input is missing or not a readable grey-level TIFF, or ``output`` has
-        an unsupported suffix.
+        The input is missing or not a readable grey-level TIFF.
     FrameIndexError
         ``index`` names a frame outside the stack.
     """
+    run = dict(batch_size=batch_size, progress=progress, precision=precision, tile_size=tile_size)
     if output is not None:
-        check_density_output(output, [input_file])
+        _warn_deprecated(
+            "predict_tiff(output=...) returns per-frame counts; "
+            "use count_tiff(..., density_output=...)"
+        )
+        result = count_tiff(
+            model,
+            input_file,
+            index=index,
+            density_output=output,
+            check_envelope=check_envelope,
+            stack_options=stack_options,
+            **run,
+        )
+        _log_problems(input_file, result.envelope_summary, int((~result.counted).sum()))
+        return result.counts
     with TiffStack(input_file, **(stack_options or {})) as stack:
         frames = _frame_selection(index, len(stack), stack.path)
-        shape = (len(frames),) + stack.shape[1:] + (1,)
+        out = np.empty((len(frames),) + stack.shape[1:] + (1,), np.float32)
         check = envelope_check_for(model, stack.shape[1:]) if check_envelope else None
-        chunks = iter_predict_tiff(
+        with contextlib.closing(_checked_chunks(model, stack, frames, check, **run)) as chunks:
+            for pos, (_, density, _) in _positions(chunks):
+                out[pos] = density
+        skipped = len(stack.nonfinite_frames)
+    _log_problems(input_file, check.summary() if check is not None else None, skipped)
+    return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StackCounts:
+    """What :func:`count_tiff` counted and wrote: one entry per frame counted.
+
+    Attributes
+    ----------
+    frames : ndarray of shape (N,), int
+        0-based frames counted (the counts CSV's ``frame`` column is ``frames + 1``).
+    counts : ndarray of shape (N,), float64
+        The density sum of every frame; NaN for frames holding NaN or infinite pixels.
+    max_local_counts : ndarray of shape (N,), float64
+        The largest count in a ``box_size`` x ``box_size`` box of every frame
+        (see :func:`max_local_count`); NaN as ``counts``.
+    flags : tuple of str, length N
+        The CSV's ``flag`` column: '' or, joined by '+', ``psf_wide``,
+        ``psf_narrow``, ``too_dense`` (outside the model's training envelope),
+        ``nan_pixels`` (not counted) and ``truncated`` (the last intact frame).
+    box_size : int
+    envelope_summary : str or None
+        One line on the frames outside the training envelope ('' when none);
+        None when not checked (``check_envelope=False``, or the model records
+        no envelope).
+    truncated : tuple of (int or None, int) or None
+        ``(declared frames or None, frames read)`` when the stack was truncated
+        and ``allow_truncated`` read its intact frames, else None.
+    counts_path, density_path : Path or None
+        The counts CSV and the density maps written, if asked for.
+    """
+
+    frames: np.ndarray
+    counts: np.ndarray
+    max_local_counts: np.ndarray
+    flags: tuple
+    box_size: int
+    envelope_summary: str | None
+    truncated: tuple | None
+    counts_path: Path | None
+    density_path: Path | None
+
+    @property
+    def counted(self):
+        """Boolean mask, shape (N,): False for frames with NaN or infinite pixels."""
+        return np.isfinite(self.counts)
+
+
+def count_tiff(
+    model,
+    input_file,
+    *,
+    index=None,
+    counts=None,
+    density_output=None,
+    box_size=7,
+    batch_size=None,
+    precision=None,
+    tile_size=None,
+    check_envelope=True,
+    stack_options=None,
+    progress=False,
+    overwrite=False,
+):
+    """Count the emitters of every frame of a TIFF stack, streaming it; ``defcon predict``.
+
+    Each chunk of frames is predicted, optionally written to the density maps
+    and the counts CSV, and reduced to per-frame counts, so memory stays
+    bounded whatever the stack's length. Outputs are written atomically: they
+    appear only when every frame was counted.
+
+    Parameters
+    ----------
+    model : FCN, str or Path
+        A density network (a 'both' network's density output is used), or a
+        model file for :meth:`FCN.from_file <defcon.networks.FCN.from_file>`,
+        loaded after the stack is opened (a bad stack fails first) and never
+        replaced by an output.
+    input_file : str or Path
+        A grey-level TIFF stack (8/16/32-bit integer or float); never replaced
+        by an output.
+    index : None, int, slice or sequence of int
+        0-based frames to count (default all, and then the number of frames
+        counted is checked against the stack's).
+    counts : str or Path, optional
+        Write a CSV with columns ``COUNT_COLUMNS`` (frames 1-based, counts with 4
+        decimals; frames with NaN pixels get empty counts).
+    density_output : str or Path, optional
+        Write the density maps to this ``.tif``/``.tiff`` (float32 stack) or
+        ``.h5``/``.hdf5`` file (see :class:`DensityWriter`).
+    box_size : int
+        Side of the box of the maximum local count, pixels.
+    batch_size, precision, tile_size
+        See :func:`predict_stack`.
+    check_envelope : bool
+        Flag the frames outside the model's training envelope, when it records one.
+    stack_options : dict, optional
+        Passed to :class:`~defcon.tiffio.TiffStack`: ``series``, ``channel``,
+        ``z``; ``allow_truncated=True`` counts the intact frames of a truncated
+        file (the last gets the flag ``truncated``); ``nonfinite='flag'``
+        leaves frames holding NaN or infinite pixels uncounted (flag
+        ``nan_pixels``, NaN counts and density maps) instead of raising.
+    progress : bool
+        Show a progress bar (on a terminal only).
+    overwrite : bool
+        Replace existing output files that are not defcon outputs of the same kind.
+
+    Returns
+    -------
+    StackCounts
+
+    Raises
+    ------
+    MissingFileError, UnsupportedFileError
+        The stack or the model file is missing or unreadable, or
+        ``density_output`` has an unsupported suffix.
+    ModelKindError
+        ``model`` is not a density network.
+    OverwriteError
+        An output would replace an input, or a file defcon did not write.
+    FrameIndexError
+        ``index`` names a frame outside the stack.
+
+    Examples
+    --------
+    >>> result = count_tiff(model, "stack.tif", counts="counts.csv")  # doctest: +SKIP
+    >>> result.counts.mean(), result.max_local_counts.max()  # doctest: +SKIP
+    """
+    model_file = model if isinstance(model, (str, os.PathLike)) else None
+    inputs = [input_file, model_file]
+    if density_output is not None:
+        check_density_output(density_output, inputs, overwrite=overwrite)
+    if counts is not None:
+        check_output(
+            counts,
+            [*inputs, density_output],
+            same_kind=is_counts_csv,
+            overwrite=overwrite,
+            what="counts CSV",
+        )
+    values, flags = [], []
+    with (
+        TiffStack(input_file, **(stack_options or {})) as stack,
+        contextlib.ExitStack() as files,
+    ):
+        model = _density_network(model)  # after the stack: a bad stack fails at once
+        frames = _frame_selection(index, len(stack), stack.path)
+        writer = None
+        if density_output is not None:
+            writer = files.enter_context(
+                DensityWriter(
+                    density_output,
+                    (len(frames),) + stack.shape[1:] + (1,),
+                    source=stack.path,
+                    model=model.name,
+                    frame_index=frames,
+                )
+            )
+        table = None
+        if counts is not None:
+            tmp = files.enter_context(atomic_path(counts))
+            table = csv.writer(files.enter_context(open(tmp, "w", newline="", encoding="utf-8")))
+            table.writerow(COUNT_COLUMNS)
+        check = envelope_check_for(model, stack.shape[1:]) if check_envelope else None
+        chunks = _checked_chunks(
             model,
             stack,
             frames,
-            batch_size,
-            progress,
+            check,
+            batch_size=batch_size,
+            progress=progress,
             precision=precision,
             tile_size=tile_size,
-            envelope_check=check,
         )
-        out = np.empty(shape, np.float32) if output is None else np.empty(len(frames))
-        with contextlib.ExitStack() as context:
-            context.enter_context(contextlib.closing(chunks))
-            writer = (
-                None
-                if output is None
-                else context.enter_context(
-                    DensityWriter(
-                        output,
-                        shape,
-                        source=stack.path,
-                        model=getattr(model, "name", ""),
-                        frame_index=frames,
-                    )
-                )
+        for chunk_frames, density, chunk_flags in files.enter_context(contextlib.closing(chunks)):
+            if writer is not None:
+                writer.write(density)
+            skipped = nonfinite_mask(stack, chunk_frames)
+            rows = count_rows(density, chunk_frames + 1, box_size)
+            for (f, c, m), flag, skip in zip(rows, chunk_flags, skipped):
+                flag = "nan_pixels" if skip else flag
+                if stack.truncated and f == len(stack):
+                    flag = "+".join(x for x in (flag, "truncated") if x)
+                if table is not None:
+                    table.writerow((f, "", "", flag) if skip else (f, f"{c:.4f}", f"{m:.4f}", flag))
+                flags.append(flag)
+            values += [(c, m) for _, c, m in rows]
+        if len(values) != len(frames):  # every frame asked for has a row
+            holds = "the stack holds" if index is None else "the index selects"
+            raise UnsupportedFileError(
+                f"{stack.path}: {len(values)} frames counted but {holds} {len(frames)}"
             )
-            for pos, (chunk_frames, density) in _positions(chunks):
-                density = mark_nonfinite(stack, chunk_frames, density)
-                if check is not None:
-                    check.flags(chunk_frames, density)
-                if writer is None:
-                    out[pos] = density
-                else:
-                    writer.write(density)
-                    out[pos] = density.sum(axis=(1, 2, 3), dtype=np.float64)
-        skipped = len(stack.nonfinite_frames)
-    summary = check.summary() if check is not None else ""
-    if summary:
-        log.warning("%s: %s", Path(input_file).name, summary)
-    if skipped:
-        log.warning(
-            "%s: %d frame(s) hold NaN or infinite pixels: their densities are NaN",
-            Path(input_file).name,
-            skipped,
-        )
-    return out
+    values = np.array(values, np.float64).reshape(-1, 2)
+    return StackCounts(
+        frames=frames,
+        counts=values[:, 0],
+        max_local_counts=values[:, 1],
+        flags=tuple(flags),
+        box_size=int(box_size),
+        envelope_summary=check.summary() if check is not None else None,
+        truncated=stack.truncated,
+        counts_path=None if counts is None else Path(counts),
+        density_path=None if density_output is None else Path(density_output),
+    )
 
 
 def iter_predict_tiff(
@@ -258,6 +439,64 @@ def iter_predict_tiff(
     finally:
         if own:
             stack.close()
+
+
+def _checked_chunks(model, stack, frames, check, **options):
+    """:func:`iter_predict_tiff` with NaN and envelope flags: the one prediction loop.
+
+    Yields ``(frames (k,), density (k, H, W, 1), flags (k,))``: densities are NaN
+    for frames holding NaN or infinite pixels (:func:`mark_nonfinite`); flags are
+    ``check.flags`` ('' for every frame when ``check`` is None).
+    """
+    chunks = iter_predict_tiff(model, stack, frames, envelope_check=check, **options)
+    with contextlib.closing(chunks):
+        for chunk_frames, density in chunks:
+            density = mark_nonfinite(stack, chunk_frames, density)
+            flags = (
+                [""] * len(chunk_frames) if check is None else check.flags(chunk_frames, density)
+            )
+            yield chunk_frames, density, flags
+
+
+def _density_network(model):
+    """The density network of ``model``: an FCN, or a model file loaded here.
+
+    Raises
+    ------
+    ModelKindError
+        A segmentation or max-count network.
+    """
+    from .networks import FCN
+
+    if isinstance(model, (str, os.PathLike)):
+        name, model = model, FCN.from_file(model)
+    else:
+        name = f"model '{model.name}'"
+    if model.output_kind not in ("density", "both"):
+        raise ModelKindError(
+            f"{name}: a '{model.output_kind}' model; counting needs a density model"
+        )
+    return model.with_output("density") if model.output_kind == "both" else model
+
+
+def _log_problems(input_file, envelope_summary, n_nonfinite):
+    """Log frames outside the envelope and frames holding NaN pixels, if any."""
+    if envelope_summary:
+        log.warning("%s: %s", Path(input_file).name, envelope_summary)
+    if n_nonfinite:
+        log.warning(
+            "%s: %d frame(s) hold NaN or infinite pixels: their densities are NaN",
+            Path(input_file).name,
+            n_nonfinite,
+        )
+
+
+def _warn_deprecated(message):
+    """Warn with a DeprecationWarning pointing at the first caller outside defcon."""
+    frame, level = sys._getframe(2), 3  # the caller of the deprecated function
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("defcon."):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DeprecationWarning, stacklevel=level)
 
 
 def mark_nonfinite(stack, frames, density):

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 
 from defcon import FCN, TrainingSet, compact_set, train  # noqa: E402
 from defcon.groundtruth import count_per_frame  # noqa: E402
+from defcon.predict import count_tiff  # noqa: E402
 from defcon.simulate import simulate  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -78,7 +79,7 @@ def main():
     print("5. counting emitters in the held-out stack")
     model = FCN.from_file(result["model"])
     held = stacks["heldout"]
-    counts = model.predict_tiff(held["stack"], output=out / "heldout_density.tif")
+    counts = count_tiff(model, held["stack"], density_output=out / "heldout_density.tif").counts
     truth = count_per_frame(held["frame_logger"], held["n_frames"], height=64, width=64)
     error = np.abs(counts - truth)
     print(f"   {held['n_frames']} frames, {truth.min()} to {truth.max()} emitters per frame")

@@ -154,12 +154,83 @@ def test_8_16_and_32_bit_tiffs(model, tmp_path, dtype):
     np.testing.assert_allclose(P.predict_tiff(model, path), reference, atol=1e-5)
 
 
+def test_predict_tiff_always_returns_density_maps(model, stack_file, density):
+    np.testing.assert_allclose(P.predict_tiff(model, stack_file), density, atol=1e-6)
+    selected = P.predict_tiff(model, stack_file, [4, 1])  # index positional, as DEFCoN's
+    assert selected.shape == (2, 30, 45, 1) and selected.dtype == np.float32
+    np.testing.assert_allclose(selected, density[[4, 1]], atol=1e-6)
+    with pytest.raises(TypeError):  # options are keyword-only
+        P.predict_tiff(model, stack_file, None, 4)
+    with pytest.raises(TypeError):
+        model.predict_tiff(stack_file, None, 4)
+
+
+def test_predict_tiff_output_is_deprecated(model, stack_file, density, tmp_path):
+    message = r"predict_tiff\(output=\.\.\.\) returns per-frame counts; use count_tiff"
+    for predict in (lambda **kw: P.predict_tiff(model, **kw), model.predict_tiff):
+        out = tmp_path / "density.tif"
+        with pytest.warns(DeprecationWarning, match=message) as warned:
+            counts = predict(input_file=stack_file, index=[0, 2], output=out)
+        assert warned[0].filename == __file__  # points at the caller, not at defcon
+        np.testing.assert_allclose(counts, density[[0, 2]].sum(axis=(1, 2, 3)), rtol=1e-5)
+        np.testing.assert_allclose(tifffile.imread(out)[..., None], density[[0, 2]], atol=1e-6)
+
+
+def test_count_tiff_equals_the_cli_csv_and_writes_the_same_maps(tmp_path):
+    """``defcon predict`` is count_tiff: same rows, flags (envelope, NaN pixels), maps."""
+    import pandas as pd
+    from test_envelope import frames as simulated
+
+    from defcon.cli import main
+    from defcon.envelope import Envelope
+
+    model_file = tmp_path / "m.keras"
+    FCN(output="density", seed=0, envelope=Envelope((0.7, 2.5), (0, 360))).save(model_file)
+    data = np.concatenate([simulated(1.2, n=32), simulated(3.4, n=32, seed=1)])
+    data = data.astype(np.float32)
+    data[3, 2, 2] = np.nan
+    stack = tmp_path / "s.tif"
+    tifffile.imwrite(stack, data)
+    cli_csv, cli_maps = tmp_path / "cli.csv", tmp_path / "cli.h5"
+    options = ["--box", "5", "--batch-size", "32", "--nan-frames", "flag"]
+    argv = ["--quiet", "predict", model_file, stack, "--counts", cli_csv, "--out", cli_maps]
+    assert main([str(a) for a in argv + options]) == 0
+
+    result = P.count_tiff(
+        model_file,
+        stack,
+        counts=tmp_path / "lib.csv",
+        density_output=tmp_path / "lib.h5",
+        box_size=5,
+        batch_size=32,
+        stack_options={"nonfinite": "flag"},
+    )
+    assert (tmp_path / "lib.csv").read_text() == cli_csv.read_text()
+    table = pd.read_csv(cli_csv)
+    assert table.frame.tolist() == (result.frames + 1).tolist() == list(range(1, 65))
+    np.testing.assert_allclose(table["count"], result.counts, atol=5e-5)  # NaN where NaN
+    np.testing.assert_allclose(table["max_local_count"], result.max_local_counts, atol=5e-5)
+    assert table.flag.fillna("").tolist() == list(result.flags)
+    assert result.flags[3] == "nan_pixels" and result.counted.sum() == 63
+    assert set(result.flags[32:]) == {"psf_wide"} and "33-64" in result.envelope_summary
+    assert result.truncated is None and result.box_size == 5
+    assert result.counts_path == tmp_path / "lib.csv"
+
+    maps = P.predict_tiff(FCN.from_file(model_file), stack, stack_options={"nonfinite": "flag"})
+    for written in (cli_maps, result.density_path):
+        with h5py.File(written) as f:
+            np.testing.assert_allclose(f["density"][()], maps, atol=1e-6)  # NaN where NaN
+            assert list(f["frame_index"][()]) == list(range(64))
+
+
 @pytest.mark.parametrize("suffix", [".tif", ".h5"])
 def test_written_outputs_equal_the_returned_densities(model, stack_file, density, tmp_path, suffix):
     out = tmp_path / f"density{suffix}"
-    counts = P.predict_tiff(model, stack_file, index=[1, 2, 3, 5], batch_size=3, output=out)
+    result = P.count_tiff(model, stack_file, index=[1, 2, 3, 5], batch_size=3, density_output=out)
     expected = density[[1, 2, 3, 5]]
-    np.testing.assert_allclose(counts, expected.sum(axis=(1, 2, 3)), rtol=1e-5, atol=1e-6)
+    assert result.frames.tolist() == [1, 2, 3, 5] and result.counts_path is None
+    np.testing.assert_allclose(result.counts, expected.sum(axis=(1, 2, 3)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.max_local_counts, P.max_local_count(expected), rtol=1e-5)
     if suffix == ".tif":
         written = tifffile.imread(out)[..., None]
     else:
@@ -180,7 +251,7 @@ def test_failed_prediction_leaves_no_output(model, stack_file, tmp_path, monkeyp
 
     monkeypatch.setattr(P.DensityWriter, "write", fail)
     with pytest.raises(RuntimeError, match="disk full"):
-        P.predict_tiff(model, stack_file, output=out)
+        P.count_tiff(model, stack_file, density_output=out, counts=tmp_path / "counts.csv")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -237,7 +308,9 @@ def test_bad_files_raise_errors_naming_the_file(model, tmp_path, stack_file):
     with pytest.raises(UnsupportedFileError, match=r"empty\.tif: .*empty"):
         P.predict_tiff(model, empty)
     with pytest.raises(UnsupportedFileError, match=r"out\.png: density maps are written as"):
-        P.predict_tiff(model, stack_file, output=tmp_path / "out.png")
+        P.count_tiff(model, stack_file, density_output=tmp_path / "out.png")
+    with pytest.raises(ModelKindError, match=r"model 'defcon': a 'seg' model; counting needs"):
+        P.count_tiff(FCN(output="seg", seed=0), stack_file)
     with pytest.raises(P.FrameIndexError, match=r"stack\.tif: frame index 6 outside .* 6 frames"):
         P.predict_tiff(model, stack_file, index=[0, 6])
     with pytest.raises(IndexError):
