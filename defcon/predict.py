@@ -26,8 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from .engine import DEFAULT_PRECISION, PRECISIONS, compiled_network  # noqa: F401
-from .errors import FrameIndexError, ModelKindError, ShapeMismatchError, UnsupportedFileError
+from .errors import (
+    FrameIndexError,
+    ModelKindError,
+    ParameterError,
+    ShapeMismatchError,
+    UnsupportedFileError,
+)
 from .files import atomic_path, check_free_space, check_output, hdf5_space
+from .frames import SIDE_MULTIPLE, padded_side
 from .progress import progress_bar
 from .tiffio import TiffStack
 
@@ -44,7 +51,6 @@ TILE_SIZE = 1024
 READ_AHEAD = 2
 OUTPUT_SUFFIXES = (".tif", ".tiff", ".h5", ".hdf5")
 COUNT_COLUMNS = ("frame", "count", "max_local_count", "flag")
-_MULTIPLE = 4
 
 
 # ------------------------------------------------------------------ public API
@@ -622,7 +628,7 @@ def receptive_margin():
         if kind != "dropout"
     ]
     radius = 0
-    for phase in range(_MULTIPLE):
+    for phase in range(SIDE_MULTIPLE):
         lo = hi = phase
         for kind, k, s in reversed(steps):
             before = (k - 1) // 2 if s == 1 else max(k - s, 0) // 2
@@ -631,7 +637,7 @@ def receptive_margin():
             else:
                 lo, hi = math.ceil((lo + before - k + 1) / s), (hi + before) // s
         radius = max(radius, phase - lo, hi - phase)
-    return -(-radius // _MULTIPLE) * _MULTIPLE
+    return padded_side(radius)
 
 
 def check_density_output(path, inputs, overwrite=False):
@@ -876,16 +882,20 @@ class _Runner:
     def __init__(self, model, precision, frame_shape, batch_size, tile_size):
         self.net = compiled_network(model, precision or DEFAULT_PRECISION)
         self.h, self.w = frame_shape
-        self.hp, self.wp = (-(-n // _MULTIPLE) * _MULTIPLE for n in frame_shape)
+        self.hp, self.wp = (padded_side(n) for n in frame_shape)
         if tile_size is None and self.hp * self.wp > TILE_PIXELS and self.net.tileable:
             tile_size = TILE_SIZE
-        if tile_size is not None and (int(tile_size) < _MULTIPLE or int(tile_size) % _MULTIPLE):
-            raise ValueError(f"tile_size must be a positive multiple of 4, got {tile_size}")
+        if tile_size is not None and (
+            int(tile_size) < SIDE_MULTIPLE or int(tile_size) % SIDE_MULTIPLE
+        ):
+            raise ParameterError(
+                f"tile_size must be a positive multiple of {SIDE_MULTIPLE}, got {tile_size}"
+            )
         self.tile = None if tile_size is None else int(tile_size)
         auto = max(1, BATCH_PIXELS[self.net.precision] // (self.hp * self.wp))
         self.batch = 1 if self.tile else (auto if batch_size is None else int(batch_size))
         if self.batch < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ParameterError(f"batch_size must be >= 1, got {batch_size}")
 
     def run(self, batches):
         """Yield ``(key, density (k, h, w, 1))`` for each ``(key, frames (k, h, w))``."""
