@@ -63,18 +63,9 @@ class HistNorm(layers.Layer):
 
 def _layer(name, kind, filters, kernel, stride, dropout_rate, seed):
     init = keras.initializers.Orthogonal(seed=seed)
-    if kind == "conv":
-        return layers.Conv2D(
-            filters,
-            kernel,
-            strides=stride,
-            padding="same",
-            activation="relu",
-            kernel_initializer=init,
-            name=name,
-        )
-    if kind == "deconv":
-        return layers.Conv2DTranspose(
+    if kind in ("conv", "deconv"):
+        layer = layers.Conv2D if kind == "conv" else layers.Conv2DTranspose
+        return layer(
             filters,
             kernel,
             strides=stride,

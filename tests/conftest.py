@@ -100,6 +100,34 @@ def compact_file(tmp_path_factory):
     return compact_set(folder / "training.h5", folder / "compact.h5", shuffle=True, seed=0)
 
 
+#: The original DEFCoN example config.ini (example/training/), with its training set left open.
+ORIGINAL_CONFIG = """\
+# Configuration file for training DEFCoN
+[General]
+# Name of the keras model to save
+ModelName = my_trained_model.h5
+# Path to the TrainingSet h5 file
+TrainingSetPath = {training_set}
+# Output directory
+OutputDir = trained_models/
+# Directory to store the intermediary weights
+WeightDir = weights/
+
+[SegNet]
+BatchSize = 16
+NumEpochs = 1
+ValidationSplit = 0.1
+AdamLR = 0.001
+
+[DensityNet]
+LambdaFactor = 0.01
+BatchSize = 16
+NumEpochs = 1
+ValidationSplit = 0.1
+AdamLR = 0.001
+"""
+
+
 TINY_CONFIG = """\
 [General]
 ModelName = tiny.h5

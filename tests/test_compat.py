@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tifffile
-from conftest import make_ground_truth, reference_file, render_stack
+from conftest import ORIGINAL_CONFIG, make_ground_truth, reference_file, render_stack
 
 from defcon import models
 from defcon.errors import (
@@ -51,32 +51,6 @@ ORIGINAL_LAYER_NAMES = [  # the notebook's model.summary() of the density networ
     "deconv_2",
     "density",
 ]
-
-ORIGINAL_CONFIG = """\
-# Configuration file for training DEFCoN
-[General]
-# Name of the keras model to save
-ModelName = my_trained_model.h5
-# Path to the TrainingSet h5 file
-TrainingSetPath = ./my_compact_set.h5
-# Output directory
-OutputDir = trained_models/
-# Directory to store the intermediary weights
-WeightDir = weights/
-
-[SegNet]
-BatchSize = 16
-NumEpochs = 1
-ValidationSplit = 0.1
-AdamLR = 0.001
-
-[DensityNet]
-LambdaFactor = 0.01
-BatchSize = 16
-NumEpochs = 1
-ValidationSplit = 0.1
-AdamLR = 0.001
-"""
 
 
 def run_tf1(export_dir, x):
@@ -222,7 +196,7 @@ def test_training_notebook_train_predict_and_serve(compact_file, stack_file, tmp
     folder.mkdir()
     (folder / "my_compact_set.h5").write_bytes(compact_file.read_bytes())
     config_file = folder / "config.ini"
-    config_file.write_text(ORIGINAL_CONFIG)
+    config_file.write_text(ORIGINAL_CONFIG.format(training_set="./my_compact_set.h5"))
     with caplog.at_level(logging.WARNING, logger="defcon.train"):
         training.train(str(config_file), verbose=0)
     keras_file = folder / "trained_models" / "my_trained_model.keras"

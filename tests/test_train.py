@@ -4,6 +4,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from conftest import ORIGINAL_CONFIG
 
 import defcon
 from defcon.errors import ConfigError, MissingFileError, OverwriteError, TrainingError
@@ -11,39 +12,13 @@ from defcon.networks import FCN
 from defcon.streaming import CompactSetBatches
 from defcon.train import read_config, train
 
-ORIGINAL_CONFIG = """\
-# Configuration file for training DEFCoN
-[General]
-# Name of the keras model to save
-ModelName = my_trained_model.h5
-# Path to the TrainingSet h5 file
-TrainingSetPath = ./../data/compact.h5
-# Output directory
-OutputDir = trained_models/
-# Directory to store the intermediary weights
-WeightDir = weights/
-
-[SegNet]
-BatchSize = 16
-NumEpochs = 1
-ValidationSplit = 0.1
-AdamLR = 0.001
-
-[DensityNet]
-LambdaFactor = 0.01
-BatchSize = 16
-NumEpochs = 1
-ValidationSplit = 0.1
-AdamLR = 0.001
-"""
-
 
 def test_original_defcon_config_runs_unchanged(tmp_path, compact_file):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "compact.h5").write_bytes(compact_file.read_bytes())
     (tmp_path / "training").mkdir()
     config = tmp_path / "training" / "config.ini"
-    config.write_text(ORIGINAL_CONFIG)
+    config.write_text(ORIGINAL_CONFIG.format(training_set="./../data/compact.h5"))
     result = train(config, verbose=0)
     assert result["model"] == tmp_path / "training" / "trained_models" / "my_trained_model.keras"
     assert FCN.from_file(result["model"]).output_kind == "density"
