@@ -361,6 +361,7 @@ def _add_predict(sub):
     p.add_argument("--out", help="also write the density maps to this .tif or .h5 file")
     p.add_argument("--counts", help="counts CSV (default: STACK_counts.csv beside the stack)")
     p.add_argument(
+        "--box-size",
         "--box",
         type=_positive_int,
         default=7,
@@ -420,7 +421,7 @@ def _run_predict(args):
         stack_path,
         counts=args.counts or stack_path.with_name(stack_path.stem + "_counts.csv"),
         density_output=args.out,
-        box_size=args.box,
+        box_size=args.box_size,
         batch_size=args.batch_size,
         precision=args.precision,
         check_envelope=not args.no_envelope_check,
@@ -535,7 +536,11 @@ def _add_export(sub):
         help="with --bioimageio: an author (repeat for several)",
     )
     p.add_argument(
-        "--box", type=_positive_int, default=7, help="box side of the max-count model, pixels (7)"
+        "--box-size",
+        "--box",
+        type=_positive_int,
+        default=7,
+        help="box side of the max-count model, pixels (7)",
     )
     p.add_argument(
         "--division",
@@ -578,7 +583,9 @@ def _run_export(args):
             )
             print(f"wrote {path} (check it with: defcon info {path})")
     if args.fiji:
-        folder = export.export_fiji(model, args.fiji, box=args.box, division=args.division)
+        folder = export.export_fiji(
+            model, args.fiji, box_size=args.box_size, division=args.division
+        )
         print(f"wrote {folder}: copy it into Fiji.app/plugins/ (see its README.txt)")
     if args.tf1:
         print(f"wrote {export.save_tf1_model(model, args.tf1, division=args.division)}")

@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from .errors import ExportError, MissingFileError, ModelKindError, UnsupportedFileError
@@ -436,11 +437,11 @@ Both are TensorFlow 1.x SavedModels (tag "serve", feed "input_tensor" float32
 """
 
 
-def export_fiji(model, out_dir, box=7, division=None):
+def export_fiji(model, out_dir, box_size=7, division=None, *, box=None):
     """Write the DEFCoN folder for Fiji: density and max-count models and a README.
 
     Creates ``out_dir/DEFCoN/tf_density_count/``, ``out_dir/DEFCoN/tf_max_count/``
-    (maximum count in a ``box`` x ``box`` box) and ``out_dir/DEFCoN/README.txt``.
+    (maximum count in a ``box_size`` x ``box_size`` box) and ``out_dir/DEFCoN/README.txt``.
     Copy the DEFCoN folder into ``Fiji.app/plugins/`` (or give that folder as
     ``out_dir``). The folder is written atomically; an existing DEFCoN folder is
     replaced only if it holds nothing but a previous export.
@@ -452,8 +453,10 @@ def export_fiji(model, out_dir, box=7, division=None):
         is used), or a model file for :meth:`FCN.from_file`.
     out_dir : str or Path
         The folder to create ``DEFCoN`` in.
-    box : int
+    box_size : int
         Side in pixels of the max-count box (DEFCoN's default is 7).
+    box : int, optional
+        The former name of ``box_size`` (deprecated).
     division : float, optional
         Divide both outputs by this.
 
@@ -465,7 +468,7 @@ def export_fiji(model, out_dir, box=7, division=None):
     Raises
     ------
     ExportError
-        The model has no density stage, or ``box``/``division`` is invalid.
+        The model has no density stage, or ``box_size``/``division`` is invalid.
     ModelFileError, MissingFileError
         ``model`` is a path that does not hold a defcon model.
     UnsupportedFileError
@@ -485,17 +488,22 @@ def export_fiji(model, out_dir, box=7, division=None):
         model = model.with_output("density")
     elif kind != "density":
         _network_spec(model)  # raises the explanatory ExportError
-    if isinstance(box, bool) or not isinstance(box, int) or box < 1:
-        raise ExportError(f"box must be a positive whole number of pixels, not {box!r}")
+    if box is not None:
+        warnings.warn("export_fiji(box=) is now box_size=", DeprecationWarning, stacklevel=2)
+        box_size = box
+    if isinstance(box_size, bool) or not isinstance(box_size, int) or box_size < 1:
+        raise ExportError(f"box_size must be a positive whole number of pixels, not {box_size!r}")
     division = _check_division(division)
     target = Path(out_dir) / FIJI_FOLDER
     with _staged_folder(target, (FIJI_DENSITY, FIJI_MAX_COUNT, FIJI_README)) as tmp:
         tmp.mkdir()
         save_tf1_model(model, tmp / FIJI_DENSITY, division=division)
         save_tf1_model(
-            model.with_max_count(pool=(box, box)), tmp / FIJI_MAX_COUNT, division=division
+            model.with_max_count(pool=(box_size, box_size)), tmp / FIJI_MAX_COUNT, division=division
         )
-        (tmp / FIJI_README).write_text(_fiji_readme(model.name, box, division), encoding="utf-8")
+        (tmp / FIJI_README).write_text(
+            _fiji_readme(model.name, box_size, division), encoding="utf-8"
+        )
     log.info("wrote the Fiji folder %s", target)
     return target
 

@@ -186,7 +186,7 @@ def test_tf2_export_serving_default_matches(random_fcn, tmp_path):
 # ----------------------------------------------------------------------------- Fiji folder
 def test_export_fiji_layout_from_a_model_file(tmp_path):
     model_file = _reference("defcon_tf13.h5")
-    root = export_fiji(str(model_file), tmp_path / "plugins", box=5)
+    root = export_fiji(str(model_file), tmp_path / "plugins", box_size=5)
     assert root == tmp_path / "plugins" / "DEFCoN"
     assert sorted(p.name for p in root.iterdir()) == [
         "README.txt",
@@ -280,7 +280,10 @@ def test_other_bad_arguments_are_rejected(random_fcn, tmp_path):
         save_tf1_model(object(), tmp_path / "out")
     for box in (0, -3, 2.5, True):
         with pytest.raises(ExportError, match="box"):
-            export_fiji(random_fcn, tmp_path, box=box)
+            export_fiji(random_fcn, tmp_path, box_size=box)
+    with pytest.warns(DeprecationWarning, match="box_size"):
+        export_fiji(random_fcn, tmp_path / "old_name", box=5)
+    assert "5x5" in (tmp_path / "old_name" / "DEFCoN" / "README.txt").read_text()
     with pytest.raises(MissingFileError):
         tf1_op_types(tmp_path / "nothing")
     with pytest.raises(MissingFileError):
