@@ -164,3 +164,16 @@ def write_config(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_training(tmp_path_factory, compact_file):
+    """One small two-stage training shared by the tests: ``(config, train() result)``.
+
+    Tests read its files and never change them.
+    """
+    from defcon.train import train
+
+    config = tmp_path_factory.mktemp("tiny_training") / "config.ini"
+    config.write_text(TINY_CONFIG.format(training_set=compact_file, extra=""))
+    return config, train(config, verbose=0)

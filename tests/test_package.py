@@ -25,36 +25,11 @@ from defcon.package import (
     load_package,
 )
 
-TINY_CONFIG = """\
-[General]
-ModelName = tiny
-TrainingSetPath = {training_set}
-OutputDir = out/
-WeightDir = out/weights/
-Seed = 3
-
-[SegNet]
-BatchSize = 32
-NumEpochs = 1
-ValidationSplit = 0.25
-AdamLR = 0.001
-
-[DensityNet]
-BatchSize = 32
-NumEpochs = 1
-ValidationSplit = 0.25
-AdamLR = 0.001
-"""
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, compact_file):
-    """defcon.train output of a one-epoch-per-stage training on the small compact set."""
-    from defcon.train import train
-
-    config = tmp_path_factory.mktemp("training") / "tiny.ini"
-    config.write_text(TINY_CONFIG.format(training_set=compact_file))
-    return train(config, verbose=0)
+def trained(tiny_training):
+    """defcon.train output of the shared small training."""
+    return tiny_training[1]
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,9 @@ def test_original_defcon_config_runs_unchanged(tmp_path, compact_file):
     assert (tmp_path / "training" / "weights" / "my_trained_model.seg.weights.h5").exists()
 
 
-def test_two_stage_training_writes_everything_and_freezes_segmentation(
-    tmp_path, compact_file, write_config
-):
-    config = write_config(compact_file)
-    result = train(config, verbose=0)
-    out = tmp_path / "out"
+def test_two_stage_training_writes_everything_and_freezes_segmentation(tiny_training):
+    config, result = tiny_training
+    out = config.parent / "out"
     assert result["model"] == out / "tiny.keras" and result["curves"] == out / "curves.png"
     assert (out / "tiny.ini").read_text() == config.read_text()
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -74,9 +71,13 @@ def test_no_density_epoch_is_a_config_error(compact_file, write_config):
         read_config(config)
 
 
-def test_diverged_training_fails_and_keeps_the_previous_model(tmp_path, compact_file, write_config):
+def test_diverged_training_fails_and_keeps_the_previous_model(
+    tmp_path, compact_file, write_config, tiny_training
+):
     config = write_config(compact_file)
-    first = train(config, verbose=0)["model"]
+    first = tmp_path / "out" / "tiny.keras"  # a finished model where this config writes its own
+    first.parent.mkdir()
+    first.write_bytes(tiny_training[1]["model"].read_bytes())
     before = first.read_bytes()
     config.write_text(config.read_text().replace("AdamLR = 0.001", "AdamLR = 1e30"))
     with pytest.raises(OverwriteError, match="already there"):
@@ -98,15 +99,13 @@ def test_calibration_without_emitters_fails(tmp_path, compact_file, write_config
     assert not (tmp_path / "out" / "tiny.keras").exists()
 
 
-def test_training_is_deterministic_for_a_seed(tmp_path, compact_file, write_config):
-    runs = []
-    for k in range(2):
-        folder = tmp_path / f"run{k}"
-        folder.mkdir()
-        config = folder / "config.ini"
-        config.write_text(write_config(compact_file).read_text())
-        runs.append((folder / "out" / "history.tsv", train(config, verbose=0)))
-    assert runs[0][0].read_text() == runs[1][0].read_text()
+def test_training_is_deterministic_for_a_seed(tmp_path, compact_file, write_config, tiny_training):
+    config, _ = tiny_training
+    again = write_config(compact_file)
+    assert again.read_text() == config.read_text()
+    train(again, verbose=0)
+    history = (tmp_path / "out" / "history.tsv").read_text()
+    assert history == (config.parent / "out" / "history.tsv").read_text()
 
 
 @pytest.mark.parametrize(
@@ -229,8 +228,8 @@ def test_python_dash_m_and_callable_module(tmp_path, compact_file, write_config)
         defcon.train(config)
 
 
-def test_count_calibration_matches_validation_counts(tmp_path, compact_file, write_config):
-    result = train(write_config(compact_file), verbose=0)
+def test_count_calibration_matches_validation_counts(compact_file, write_config, tiny_training):
+    _, result = tiny_training
     model = FCN.from_file(result["model"])
     with h5py.File(compact_file, "r") as f:
         n = f["input/input"].shape[0]
@@ -240,7 +239,7 @@ def test_count_calibration_matches_validation_counts(tmp_path, compact_file, wri
     assert result["count_scale"] != 1.0
     assert predicted == pytest.approx(y.sum(dtype=np.float64), rel=1e-4)
     off = write_config(compact_file, extra="CountCalibration = false")
-    assert train(off, verbose=0, overwrite=True)["count_scale"] == 1.0
+    assert train(off, verbose=0)["count_scale"] == 1.0
 
 
 def test_initial_weights_that_do_not_fit_are_refused_not_ignored():
