@@ -134,6 +134,7 @@ class _Network:
 
 
 def _histnorm(tf, x):
+    """:class:`defcon.models.HistNorm` in TensorFlow ops: ``(n, H, W, 1)`` -> [0, 1] per frame."""
     lo = tf.reduce_min(x, axis=(1, 2, 3), keepdims=True)
     span = tf.reduce_max(x, axis=(1, 2, 3), keepdims=True) - lo
     return (x - lo) / tf.where(span > 0, span, tf.ones_like(span))

@@ -48,6 +48,10 @@ class HistNorm(layers.Layer):
 
     ``(x - min) / (max - min)`` over each frame's pixels; a flat frame (max ==
     min) gives zeros instead of NaN. Input and output: ``(batch, H, W, C)``.
+    This is the specification; each other runtime has one implementation of
+    it: ``engine._histnorm`` (TensorFlow ops), ``predict._Runner._tiled``
+    (numpy, whole frames before tiling) and the TF1 graph of
+    :func:`defcon.export.save_tf1_model` (raw ops only, for TensorFlow Java).
     """
 
     def call(self, inputs):

@@ -906,6 +906,7 @@ class _Runner:
                 yield key, density[:, : self.h, : self.w]
 
     def _tiled(self, x):
+        # HistNorm over the whole frame first: tiles must share one min and max.
         lo = x.min(axis=(1, 2, 3), keepdims=True)
         span = x.max(axis=(1, 2, 3), keepdims=True) - lo
         x = (x - lo) / np.where(span > 0, span, np.float32(1))
