@@ -64,6 +64,9 @@ abstract class DefconCommand implements PlugIn {
     /** Title of the shown map stack, from the image's title. */
     abstract String mapTitle(String imageTitle);
 
+    /** Title of the results table: DEFCoN-ImageJ's, so macros selecting it by title work. */
+    abstract String tableTitle();
+
     /** {@code Fiji.app/plugins/DEFCoN/tf_density_count}, where {@code defcon export --fiji} puts it. */
     static String defaultModelFolder() {
         String plugins = IJ.getDirectory("plugins");
@@ -219,6 +222,6 @@ abstract class DefconCommand implements PlugIn {
             maps.resetDisplayRange();
             maps.show();
         }
-        result.table.show("DEFCoN counts of " + imp.getTitle());
+        result.table.show(tableTitle());
     }
 }

@@ -22,4 +22,9 @@ public class DensityMapPlugin extends DefconCommand {
     String mapTitle(String imageTitle) {
         return "Density map of " + imageTitle;
     }
+
+    @Override
+    String tableTitle() {
+        return "Fluorophore count";
+    }
 }

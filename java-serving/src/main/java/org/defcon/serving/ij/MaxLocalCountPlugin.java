@@ -23,4 +23,9 @@ public class MaxLocalCountPlugin extends DefconCommand {
     String mapTitle(String imageTitle) {
         return "Local counts of " + imageTitle;
     }
+
+    @Override
+    String tableTitle() {
+        return "Maximum local count";
+    }
 }

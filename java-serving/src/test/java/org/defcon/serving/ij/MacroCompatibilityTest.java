@@ -251,4 +251,11 @@ class MacroCompatibilityTest {
             assertDensityTable(model, imp.getStack(), 7, shown.result.table);
         }
     }
+
+    @Test
+    void resultsTablesHaveTheTitlesOfDefconImageJ() {
+        // Macros select DEFCoN-ImageJ's tables by these titles.
+        assertEquals("Fluorophore count", new DensityMapPlugin().tableTitle());
+        assertEquals("Maximum local count", new MaxLocalCountPlugin().tableTitle());
+    }
 }
