@@ -203,12 +203,30 @@ def _add_build(sub):
     p = sub.add_parser(
         "build",
         help="add a stack and its ground truth to a TrainingSet",
-        description="Add a TIFF stack and its frame-logger CSV to a TrainingSet "
+        description="Add a TIFF stack and its ground truth (a SASS frame logger, or a "
+        "ThunderSTORM, Picasso or DECODE localization table) to a TrainingSet "
         "(created if missing) as input/NAME, target/NAME and seg_map/NAME.",
     )
     p.add_argument("training_set", help="TrainingSet HDF5 file (created if missing)")
     p.add_argument("stack", help="TIFF stack (frames, H, W)")
-    p.add_argument("ground_truth", help="frame-logger CSV (frame,id,x,y,z,brightness)")
+    p.add_argument(
+        "ground_truth",
+        help="frame-logger CSV (frame,id,x,y,z,brightness), ThunderSTORM CSV, Picasso "
+        "*_locs.hdf5 or DECODE emitter table (CSV or HDF5)",
+    )
+    p.add_argument(
+        "--format",
+        dest="ground_truth_format",
+        choices=("sass", "thunderstorm", "picasso", "decode"),
+        help="format of the ground truth (default: detected from its header or HDF5 layout)",
+    )
+    p.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="NM",
+        help="camera pixel size in nm, for positions in nm (ThunderSTORM x [nm]; DECODE "
+        "without px_size)",
+    )
     p.add_argument("--name", help="dataset name (default: the stack's folder or file name)")
     p.add_argument(
         "--sigma", type=float, default=1.0, help="std of each emitter's Gaussian in pixels (1.0)"
@@ -261,6 +279,8 @@ def _run_build(args):
             progress=not args.quiet,
             allow_empty=args.allow_empty,
             stack_options=_stack_options(args),
+            ground_truth_format=args.ground_truth_format,
+            pixel_size_nm=args.pixel_size,
         )
         ts.summary()
 

@@ -14,18 +14,21 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 
 from . import __version__, groundtruth, tiffio
 from .errors import (
     DuplicateNameError,
     GroundTruthError,
     MissingFileError,
+    ParameterError,
     ShapeMismatchError,
     TrainingSetError,
     UnsupportedFileError,
 )
 from .files import atomic_path, check_output, existing_file, hdf5_space, sha256_file
 from .frames import SIDE_MULTIPLE
+from .localizations import Localizations
 from .progress import progress_bar
 from .tiffio import TiffStack, is_tiff, to_float
 
@@ -190,8 +193,10 @@ class TrainingSet(h5py.File):
         allow_empty=False,
         *,
         stack_options=None,
+        ground_truth_format=None,
+        pixel_size_nm=None,
     ):
-        """Add a TIFF stack with its frame-logger ground truth as ``name``.
+        """Add a TIFF stack with its ground truth (a localization table) as ``name``.
 
         Writes ``input/name`` (the stack scaled to [0, 1]), ``target/name`` (the
         density map) and ``seg_map/name`` (density > ``seg_threshold``), in
@@ -205,9 +210,11 @@ class TrainingSet(h5py.File):
         input_file : str or Path
             TIFF stack, ``(frames, H, W)``.
         ground_truth : str, Path or pandas.DataFrame
-            Frame-logger CSV (``frame,id,x,y,z,brightness``; frames 1-based).
+            Frame-logger CSV (``frame,id,x,y,z,brightness``; frames 1-based) or
+            DataFrame, or a ThunderSTORM CSV, Picasso ``*_locs.hdf5`` or DECODE
+            emitter table (CSV or HDF5); see docs/formats.md.
         brightness_threshold : float
-            Emitters at or below this brightness are not counted.
+            Emitters at or below this brightness (photons) are not counted.
         sigma : float
             Standard deviation of each emitter's Gaussian, in pixels.
         seg_threshold : float
@@ -222,12 +229,27 @@ class TrainingSet(h5py.File):
         stack_options : dict, optional
             Passed to :class:`~defcon.tiffio.TiffStack`, e.g. ``{'channel': 1, 'z': 0}``
             for a hyperstack or ``{'series': 2}``.
+        ground_truth_format : {'sass', 'thunderstorm', 'picasso', 'decode'}, optional
+            Format of the ground-truth file; default: detected from its header
+            or HDF5 structure (see :class:`defcon.localizations.Localizations`).
+        pixel_size_nm : float, optional
+            Camera pixel size in nm, needed for positions in nm (ThunderSTORM;
+            DECODE without ``px_size``); ignored for positions in pixels.
 
         Raises
         ------
         DuplicateNameError, GroundTruthError, UnsupportedFileError, MissingFileError
+        ParameterError
+            For an unknown format, a pixel size that is not positive, or either
+            with a DataFrame (which must be in frame-logger form).
         """
         self._check_new_name(name)
+        if isinstance(ground_truth, pd.DataFrame):
+            if ground_truth_format not in (None, "sass") or pixel_size_nm is not None:
+                raise ParameterError(
+                    "ground_truth_format and pixel_size_nm apply to files; a DataFrame "
+                    "must be in frame-logger form (frame 1-based, x, y in pixels, brightness)"
+                )
         with TiffStack(input_file, **(stack_options or {})) as stack:
             n_frames, height, width = stack.shape
             m = SIDE_MULTIPLE
@@ -237,14 +259,15 @@ class TrainingSet(h5py.File):
                     f"and widths that are multiples of {m} (two stride-2 layers): crop the "
                     f"stack to {height - height % m} x {width - width % m} first"
                 )
-            # Compact and sorted by frame; a CSV is streamed in chunks.
+            if not isinstance(ground_truth, pd.DataFrame):
+                ground_truth = Localizations(ground_truth, ground_truth_format, pixel_size_nm)
+            # Compact and sorted by frame; a table is streamed in chunks.
             truth = groundtruth.read_emitters(
                 ground_truth, n_frames, height, width, brightness_threshold
             )
             if not allow_empty and not len(truth):
-                label = ground_truth if isinstance(ground_truth, (str, Path)) else "ground truth"
                 raise GroundTruthError(
-                    f"{label}: no emitter is brighter than the "
+                    f"{truth.label}: no emitter is brighter than the "
                     f"threshold {brightness_threshold:g} (brightest: "
                     f"{'none' if truth.brightest is None else truth.brightest}), so every target "
                     "would be empty; check the file and --brightness-threshold, or pass "
@@ -425,8 +448,9 @@ def _hdf5_problem(err):
 
 
 def _describe_ground_truth(ground_truth):
-    if isinstance(ground_truth, (str, Path)):
-        return f"{Path(ground_truth).resolve()} (sha256 {sha256_file(ground_truth)})"
+    if isinstance(ground_truth, Localizations):
+        path = ground_truth.path
+        return f"{path.resolve()} ({ground_truth.describe()}, sha256 {sha256_file(path)})"
     return "DataFrame"
 
 

@@ -5,8 +5,10 @@ with the header ``frame,id,x,y,z,brightness``. Frames are 1-based; ``x`` is the
 column and ``y`` the row, in pixels, with the origin at the top-left corner of
 the top-left pixel, so pixel (row r, column c) covers [c, c+1) x [r, r+1).
 
-A CSV is parsed and checked in chunks; :func:`read_emitters` keeps only what
-the maps need (16 bytes per emitter), so large frame loggers fit in memory.
+Localization tables of ThunderSTORM, Picasso and DECODE are converted to this
+form as they are read (:mod:`defcon.localizations`). A table is parsed and
+checked in chunks; :func:`read_emitters` keeps only what the maps need (16 bytes
+per emitter), so large frame loggers fit in memory.
 
 Density maps put a 2-D Gaussian on every emitter brighter than a threshold.
 Each emitter only touches a window of about +-5 sigma around itself, so the
@@ -17,13 +19,13 @@ import logging
 import operator
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.special import erf
 
-from .errors import GroundTruthError, GroundTruthWarning, MissingFileError, UnsupportedFileError
+from .errors import GroundTruthError, GroundTruthWarning
+from .localizations import FRAME_LOGGER, Localizations
 
 __all__ = [
     "read_ground_truth",
@@ -38,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("frame", "x", "y", "brightness")
 KERNELS = ("integrated", "sampled")
-_HEADER_HINT = "expected a frame-logger CSV with the header frame,id,x,y,z,brightness"
 # Kernel support: +-_TRUNCATE sigma around the emitter. Beyond 5 sigma a 1-D
 # Gaussian holds < 3e-7 of its mass per side, so a map differs from the untruncated
 # one by < 1.2e-6 in total and < 2e-7 per pixel at sigma = 1.
@@ -57,10 +58,13 @@ def read_ground_truth(ground_truth, n_frames=None, height=None, width=None):
 
     Parameters
     ----------
-    ground_truth : str, Path or pandas.DataFrame
+    ground_truth : str, Path, pandas.DataFrame or Localizations
         A frame-logger CSV (header ``frame,id,x,y,z,brightness``; extra columns
         are allowed and kept) or a DataFrame with at least the columns
-        ``frame``, ``x``, ``y`` and ``brightness``. Frames are 1-based.
+        ``frame``, ``x``, ``y`` and ``brightness``; frames are 1-based. A path
+        in another format (ThunderSTORM, Picasso, DECODE) is recognised and
+        converted; pass a :class:`~defcon.localizations.Localizations` to force
+        the format or give a pixel size.
     n_frames : int, optional
         Number of frames in the stack; frames beyond it are an error.
     height, width : int, optional
@@ -101,12 +105,15 @@ def read_ground_truth(ground_truth, n_frames=None, height=None, width=None):
     [1, 2]
     """
     parts = []
+    source = _source(ground_truth)
+    renamed = {column: name for name, column in _layout(source).columns.items()}
     for _, table, columns, inside in _validated_chunks(
-        ground_truth, n_frames, height, width, stacklevel=3
+        source, n_frames, height, width, stacklevel=3
     ):
         # Build each part from arrays once: assigning columns one by one into a copy
         # made pandas consolidate blocks repeatedly (seconds for millions of rows).
-        data = {name: columns.get(name, table[name].array) for name in table.columns}
+        data = {renamed.get(name, name): table[name].array for name in table.columns}
+        data.update(columns)
         if not inside.all():
             data = {name: values[inside] for name, values in data.items()}
         parts.append(pd.DataFrame(data))
@@ -175,8 +182,8 @@ def read_emitters(ground_truth, n_frames, height=None, width=None, brightness_th
 
     Parameters
     ----------
-    ground_truth : str, Path or pandas.DataFrame
-        Frame-logger CSV or DataFrame (see :func:`read_ground_truth`).
+    ground_truth : str, Path, pandas.DataFrame or Localizations
+        Frame-logger CSV or DataFrame, or another table (see :func:`read_ground_truth`).
     n_frames : int
         Number of frames in the stack.
     height, width : int, optional
@@ -234,6 +241,7 @@ def _read_compact(
     """
     n_frames = _positive_int(n_frames, "n_frames")
     threshold = _threshold(brightness_threshold)
+    ground_truth = _source(ground_truth)  # detect a file's format once
     counts = np.zeros(n_frames, dtype=np.int64)
     x = y = frames = None  # 0-based frames per emitter, only once they are out of order
     n, last, brightest = 0, 0, -np.inf
@@ -282,15 +290,23 @@ def _read_compact(
     )
 
 
-def _max_rows(ground_truth):
-    """An upper bound on the rows of a DataFrame or CSV (its line breaks, CR and LF each)."""
-    if isinstance(ground_truth, pd.DataFrame):
-        return len(ground_truth)
-    count = 1
-    with open(ground_truth, "rb") as file:
-        for block in iter(lambda: file.read(1 << 24), b""):
-            count += block.count(b"\n") + block.count(b"\r")
-    return count
+def _max_rows(source):
+    """An upper bound on the rows of a DataFrame or :class:`Localizations`."""
+    return len(source) if isinstance(source, pd.DataFrame) else source.max_rows()
+
+
+def _source(ground_truth):
+    """``ground_truth`` as a DataFrame or :class:`Localizations` (a path's format detected)."""
+    if isinstance(ground_truth, (pd.DataFrame, Localizations)):
+        return ground_truth
+    if not isinstance(ground_truth, (str, os.PathLike)):
+        kind = type(ground_truth).__name__
+        raise TypeError(f"ground_truth must be a path or a DataFrame, not {kind}")
+    return Localizations(ground_truth)
+
+
+def _layout(source):
+    return FRAME_LOGGER if isinstance(source, pd.DataFrame) else source.layout
 
 
 def _validated_chunks(ground_truth, n_frames, height, width, stacklevel):
@@ -305,62 +321,48 @@ def _validated_chunks(ground_truth, n_frames, height, width, stacklevel):
     n_frames = _positive_int(n_frames, "n_frames", optional=True)
     height = _positive_int(height, "height", optional=True)
     width = _positive_int(width, "width", optional=True)
+    source = _source(ground_truth)
+    layout = _layout(source)
     outside = _Outside(height, width)
-    for table, label, where in _chunks(ground_truth):
+    for table, label, where in _chunks(source):
         columns = {
-            name: _numeric_column(table[name], name, label, where) for name in REQUIRED_COLUMNS
+            name: _numeric_column(table[column], column, label, where)
+            for name, column in layout.columns.items()
         }
-        _check_frames(columns["frame"], table.index, n_frames, label, where)
-        columns["frame"] = columns["frame"].astype(np.int64)
+        _check_frames(columns["frame"], table.index, n_frames, label, where, layout)
+        columns["frame"] = columns["frame"].astype(np.int64) + (1 - layout.first_frame)
+        columns["x"] = layout.to_pixels(columns["x"], "x")
+        columns["y"] = layout.to_pixels(columns["y"], "y")
         yield label, table, columns, outside.add(columns["x"], columns["y"])
-    outside.finish(label, stacklevel + 1)
+    outside.finish(label, layout, stacklevel + 1)
     logger.debug(
         "%s: %d emitters, %d inside the frame", label, outside.total, outside.total - outside.out
     )
 
 
-def _chunks(ground_truth):
-    """Yield ``(table, label, where)``: the ground truth in chunks of ``_CHUNK_ROWS`` rows.
+def _chunks(source):
+    """Yield ``(table, label, where)``: a DataFrame or :class:`Localizations` in chunks.
 
-    A DataFrame is one chunk. A CSV yields at least one chunk (empty for a header
-    alone) without its blank lines; ``where(index label)`` names a row's line or index.
+    A DataFrame is one chunk; a table on disk is read ``_CHUNK_ROWS`` rows at a time
+    and yields at least one chunk (empty for a header alone), without blank lines.
+    ``where(index label)`` names a row's line, row or index.
     """
-    if isinstance(ground_truth, pd.DataFrame):
-        _check_columns(ground_truth.columns, "DataFrame")
-        yield ground_truth, "DataFrame", lambda index: f"index {index!r}"
+    layout = _layout(source)
+    if isinstance(source, pd.DataFrame):
+        _check_columns(source.columns, "DataFrame", layout)
+        yield source, "DataFrame", lambda index: f"index {index!r}"
         return
-    if not isinstance(ground_truth, (str, os.PathLike)):
-        kind = type(ground_truth).__name__
-        raise TypeError(f"ground_truth must be a path or a DataFrame, not {kind}")
-    path = Path(ground_truth)
-    if not path.exists():
-        raise MissingFileError(f"{path}: frame-logger CSV not found")
-    if path.is_dir():
-        raise UnsupportedFileError(f"{path}: is a folder; {_HEADER_HINT}")
-    try:
-        # Blank lines are kept as all-NaN rows so that index + 2 is the line number
-        # (the index runs on from chunk to chunk).
-        with pd.read_csv(
-            path, skip_blank_lines=False, chunksize=_CHUNK_ROWS, low_memory=False
-        ) as reader:
-            for table in reader:
-                table.columns = [str(name).strip() for name in table.columns]
-                _check_columns(table.columns, path)
-                yield table.dropna(how="all"), str(path), lambda index: f"line {index + 2}"
-    except pd.errors.EmptyDataError:
-        raise GroundTruthError(f"{path}: the file is empty; {_HEADER_HINT}") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise UnsupportedFileError(
-            f"{path}: cannot be read as CSV ({exc}); {_HEADER_HINT}"
-        ) from None
+    for table, where in source.chunks(_CHUNK_ROWS):
+        _check_columns(table.columns, source.label, layout)
+        yield table, source.label, where
 
 
-def _check_columns(columns, label):
-    missing = ", ".join(repr(name) for name in REQUIRED_COLUMNS if name not in columns)
+def _check_columns(columns, label, layout):
+    missing = ", ".join(repr(name) for name in layout.columns.values() if name not in columns)
     if missing:
         found = ", ".join(map(str, columns)) or "none"
         raise GroundTruthError(
-            f"{label}: missing column(s) {missing} (found: {found}); {_HEADER_HINT}"
+            f"{label}: missing column(s) {missing} (found: {found}); {layout.hint}"
         )
 
 
@@ -378,12 +380,15 @@ def _numeric_column(column, name, label, where):
     return values
 
 
-def _check_frames(frames, index, n_frames, label, where):
-    limit = n_frames if n_frames is not None else 2**53
+def _check_frames(frames, index, n_frames, label, where, layout):
+    first = layout.first_frame
+    limit = n_frames - 1 + first if n_frames is not None else 2**53
     too_big = f"is beyond the stack of {n_frames} frames" if n_frames else "is too large"
+    if n_frames and first != 1:
+        too_big += f" (frames {first}-based in {layout.format} tables)"
     checks = (
         (frames != np.floor(frames), "is not a whole number; frame numbers are integers"),
-        (frames < 1, "is below 1; frame numbers are 1-based"),
+        (frames < first, f"is below {first}; frame numbers are {first}-based"),
         (frames > limit, too_big),
     )
     for bad, problem in checks:
@@ -419,13 +424,13 @@ class _Outside:
         self.out += len(x) - int(np.count_nonzero(inside))
         return inside
 
-    def finish(self, label, stacklevel):
+    def finish(self, label, layout, stacklevel):
         """Raise if most emitters lie outside the frame, else warn about those dropped."""
         out, total = self.out, self.total
         if out > 0.5 * total and out >= 3:
             raise GroundTruthError(
                 f"{label}: {out} of {total} emitters lie outside the "
-                f"{self.width} x {self.height} frame; {self._likely_cause()}"
+                f"{self.width} x {self.height} frame; {self._likely_cause(layout)}"
             )
         if out:
             bounds = [
@@ -440,17 +445,32 @@ class _Outside:
                 stacklevel=stacklevel,
             )
 
-    def _likely_cause(self):
+    def _likely_cause(self, layout):
         """A guess at why positions miss the frame, for the error message."""
-        if self.width and self.height:
-            if self.swapped > 0.9 * self.total:
-                return "x and y look swapped (x is the column, y the row)"
-            if self.x_max > 10 * self.width or self.y_max > 10 * self.height:
+        x, y = layout.columns["x"], layout.columns["y"]
+        if self.width and self.height and self.swapped > 0.9 * self.total:
+            return f"x and y look swapped ({x!r} is the column, {y!r} the row)"
+        if layout.pixel_size_nm is not None:
+            size = " x ".join(f"{s:g}" for s in sorted(set(layout.pixel_size_nm)))
+            return (
+                f"{x!r} and {y!r} are in nm and were divided by a pixel size of {size} nm: "
+                "check --pixel-size (pixel_size_nm) and that the table belongs to this stack"
+            )
+        if (
+            self.width
+            and self.height
+            and (self.x_max > 10 * self.width or self.y_max > 10 * self.height)
+        ):
+            if layout is FRAME_LOGGER:
                 return (
                     "positions look like nanometres: frame loggers give x and y in pixels "
                     "(divide by the pixel size in nm)"
                 )
-        return "check that x and y are in pixels of this stack (x = column, y = row)"
+            return (
+                f"positions look like nanometres, but {layout.format} {x!r} and {y!r} are "
+                "read as pixels: check --format"
+            )
+        return f"check that {x!r} and {y!r} are in pixels of this stack (x = column, y = row)"
 
 
 # --------------------------------------------------------------------------- maps
