@@ -129,10 +129,16 @@ def _add_simulate(sub):
         metavar="JSON",
         help="imaging conditions from a file (as written to OUT/conditions.json)",
     )
+    source.add_argument(
+        "--like",
+        metavar="CALIB_JSON",
+        help="conditions like a calibrated microscope (written by defcon calibrate): "
+        "its PSF width, photons and background varied a little, from --seed",
+    )
     p.add_argument(
         "--out",
         required=True,
-        help="output folder; with --randomize or "
+        help="output folder; with --randomize, --like or "
         "--conditions it also gets conditions.json, whose brightness_threshold "
         "is the one to build with",
     )
@@ -150,6 +156,10 @@ def _run_simulate(args):
         drawn = conditions.sample_conditions(args.seed, n_frames=args.frames)
     elif args.conditions:
         drawn = conditions.read_conditions(args.conditions)
+    elif args.like:
+        from .calibrate import like_conditions, read_calibration
+
+        drawn = like_conditions(read_calibration(args.like), args.seed)
     overrides = _parse_assignments(args.set)
     params = {**(conditions.simulation_parameters(drawn) if drawn else {}), **overrides}
     if args.density_sweep is not None:
@@ -659,6 +669,51 @@ def _add_info(sub):
     p.set_defaults(run=lambda args: _print_info(args.file))
 
 
+def _add_calibrate(sub):
+    p = sub.add_parser(
+        "calibrate",
+        help="estimate a microscope's imaging conditions from a stack",
+        description="Estimate camera offset and gain, background, PSF width, photons per "
+        "spot and density from an SMLM stack; write them as JSON (for defcon simulate "
+        "--like) and a one-page PNG report beside it.",
+    )
+    p.add_argument("stack", help="TIFF stack of raw camera frames (ADU)")
+    p.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="NM",
+        help="image pixel size in nm (default: the TIFF's ImageJ/OME metadata, else 100)",
+    )
+    p.add_argument(
+        "--dark", metavar="TIF", help="dark frames (shutter closed): the offset and read noise"
+    )
+    p.add_argument(
+        "--camera",
+        choices=("ccd", "emccd", "scmos"),
+        default="ccd",
+        help="camera kind; emccd doubles the shot-noise variance (default ccd)",
+    )
+    p.add_argument("--out", required=True, help="calibration JSON; the report is OUT with .png")
+    p.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args):
+    from pathlib import Path
+
+    from .calibrate import calibrate, write_calibration, write_report
+
+    result = calibrate(args.stack, args.pixel_size, args.dark, args.camera)
+    report = Path(args.out).with_suffix(".png")
+    write_calibration(result, args.out)
+    write_report(result, report)
+    print(
+        f"wrote {args.out} and {report}: PSF sigma {result['psf_sigma_px']:.2f} px, "
+        f"{result['photons_full_frame']:.0f} photons per spot, background "
+        f"{result['background_electrons']:.1f} e-, offset {result['offset_adu']:.1f} ADU, "
+        f"{result['adu_per_electron']:.3g} ADU per e- ({result['n_spots']} spots)"
+    )
+
+
 def _add_clean(sub):
     p = sub.add_parser(
         "clean",
@@ -702,6 +757,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (
         _add_simulate,
+        _add_calibrate,
         _add_build,
         _add_compact,
         _add_train,

@@ -82,5 +82,9 @@ class IntegrityError(ModelFileError):
     """A packaged file does not match its recorded checksum, or a path is unsafe."""
 
 
+class CalibrationError(DefconError, ValueError):
+    """A stack from which the imaging conditions cannot be estimated (too few spots, no frames)."""
+
+
 class GroundTruthWarning(UserWarning):
     """Ground truth was usable but something was left out (e.g. emitters outside the frame)."""

@@ -1,0 +1,573 @@
+"""Calibrate to a microscope: estimate imaging conditions from a real stack.
+
+:func:`calibrate` reads a stack in chunks, leaves out bad frames (all-zero or
+saturated), and measures, on an evenly spaced sample of the good frames
+(at most :data:`SAMPLE_PIXELS` pixels):
+
+- **PSF width and photons per spot**: isolated spots are fitted one by one
+  (batched Levenberg-Marquardt) with a pixel-integrated Gaussian on a flat
+  local background; the median fitted sigma is the PSF width.
+- **gain** (photon transfer): within a fitted spot window, the residual
+  variance at a pixel is ``F² g (mu - offset) + read²`` (ADU²) where ``mu``
+  is the model value, ``g`` the ADU per photoelectron and ``F²`` the excess
+  noise factor (2 for EMCCD, else 1). Residuals binned by ``mu`` span the
+  background to the spot peaks; a weighted line through them gives ``F² g``.
+- **offset**: the mean of dark frames when given, else from the line's
+  intercept with a typical read noise of the camera kind (:data:`READ_NOISE_E`).
+- **background**: the per-pixel mean of the sample's frames outside spots.
+- **density**: spots detected per frame (a rough count: crowded spots merge).
+
+Photons are *detected* photoelectrons (quantum efficiency included): the
+conditions for :func:`defcon.simulate.simulate` set ``quantum_efficiency=1``.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from scipy.special import erf
+from scipy.stats import gaussian_kde
+
+from . import conditions as C
+from .envelope import FRAME_PX, estimate_psf_sigma
+from .errors import CalibrationError, ParameterError, UnsupportedFileError
+from .files import atomic_path
+from .scene import CAMERAS
+from .tiffio import TiffStack
+
+#: Pixels of the frame sample measured (frames x height x width).
+SAMPLE_PIXELS = 2**23
+#: At most this many isolated spots are fitted (evenly over the sample).
+MAX_SPOTS = 5000
+#: Isolated spots needed to fit the PSF width and photons.
+MIN_SPOTS = 20
+#: Below this many fitted spots or this peak signal-to-noise ratio (see
+#: :func:`defcon.conditions.peak_snr`), the result carries a warning: the gain
+#: (and with it photons and background) is poorly constrained (docs/performance.md).
+TRUSTED_SPOTS, TRUSTED_SNR = 100, 5.0
+#: Bit depths told apart; the smallest holding the brightest pixel is reported
+#: (a camera that never saturated may have more bits).
+BIT_DEPTHS = (12, 14, 16)
+#: Typical read noise (electrons rms) per camera kind, used for the offset
+#: without dark frames; EMCCD read noise divided by the EM gain is negligible.
+READ_NOISE_E = {"ccd": 8.0, "scmos": 1.6, "emccd": 0.0}
+#: Excess noise factor squared of the EM register.
+EXCESS_NOISE = {"ccd": 1.0, "scmos": 1.0, "emccd": 2.0}
+#: Fitted spots wider or narrower than the median by more than this fraction are
+#: left out (unresolved pairs, misfits).
+WIDTH_TOLERANCE = 0.3
+#: Detection threshold, in noise standard deviations of the smoothed frame.
+DETECT_Z = 5.0
+#: Frames with more than this fraction of pixels at the saturation level are bad.
+SATURATED_FRACTION = 1e-3
+#: Relative spread (log standard deviation) of the conditions ``simulate --like``
+#: draws around the calibrated values.
+LIKE_SPREAD = {"psf_sigma_px": 0.05, "photon_rate": 0.15, "background": 0.15}
+
+
+def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
+    """Estimate the imaging conditions of an SMLM stack.
+
+    Parameters
+    ----------
+    stack : str, Path or ndarray of shape (n, H, W)
+        A TIFF stack (read in chunks) or frames in ADU.
+    pixel_size_nm : float, optional
+        Image pixel size; by default from the TIFF's ImageJ or OME metadata,
+        else 100 nm (``pixel_size_source`` says which).
+    dark : str, Path or ndarray of shape (m, H, W), optional
+        Dark frames (shutter closed) of the same camera settings: they give
+        the offset and the read noise.
+    camera : {'ccd', 'emccd', 'scmos'}
+        Camera kind: EMCCD doubles the shot-noise variance (excess noise).
+    seed : int
+        Seed of the conditions in the result's ``conditions``.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: frame size, ``bit_depth``, ``bad_frames`` (0-based),
+        ``pixel_size_nm``, ``offset_adu``, ``adu_per_electron``,
+        ``read_noise_adu``, ``background_electrons``, ``psf_sigma_px`` (and its
+        spread), ``photons_median``, ``photons_full_frame`` (the most common
+        brightness: an emitter on for the whole exposure) and
+        ``photons_log_spread`` (detected photoelectrons per spot), ``emitters_per_frame`` (5th, 95th
+        percentiles per 64 x 64 pixels), ``n_spots``, ``peak_snr``, ``warnings``
+        (a list of str: few spots, dim spots) and ``conditions``: the
+        :func:`defcon.simulate.simulate` keywords of a stack like this one.
+        Private arrays for :func:`write_report` are under ``"_arrays"``.
+
+    Raises
+    ------
+    CalibrationError
+        No good frames, or fewer than :data:`MIN_SPOTS` isolated spots.
+    """
+    if camera not in CAMERAS:
+        raise ParameterError(f"camera: expected one of {CAMERAS}, got {camera!r}")
+    name = str(stack) if isinstance(stack, (str, Path)) else "array"
+    frames, info = _sample(stack, name)
+    offset_known, read_var = None, None
+    if dark is not None:
+        dark_frames, _ = _sample(dark, str(dark) if isinstance(dark, (str, Path)) else "dark")
+        offset_known = float(np.mean(dark_frames))
+        # Temporal variance per pixel: blind to a fixed offset pattern (sCMOS).
+        read_var = float(np.median(dark_frames.var(axis=0))) if len(dark_frames) > 1 else None
+    sigma0, _ = estimate_psf_sigma(frames)
+    sigma0 = 1.5 if not math.isfinite(sigma0) else float(np.clip(sigma0, 0.6, 4.0))
+    background, frames, counts, spots = _spots(frames, sigma0)
+    if len(spots) < MIN_SPOTS:
+        raise CalibrationError(
+            f"{name}: only {len(spots)} isolated spots found (need {MIN_SPOTS}); "
+            "cannot fit the PSF width and photons (too dim, too crowded or too few frames?)"
+        )
+    params, mu, resid2, ok = _fit_spots(frames, spots, sigma0)
+    # Unresolved pairs read wide (and doubly bright): kept out with other misfits.
+    if ok.any():
+        ok &= np.abs(params[:, 2] / np.median(params[ok, 2]) - 1) < WIDTH_TOLERANCE
+    params, mu, resid2 = params[ok], mu[ok], resid2[ok]
+    # Spots whose residuals exceed the noise model (4 standard deviations of
+    # their mean chi²) are misfits: the line is fitted again without them. When
+    # that would leave out most spots (noise not Gaussian, pixel-to-pixel gain
+    # maps), 4 robust standard deviations of the spots' own ratios instead.
+    good = np.ones(len(params), bool)
+    for _ in range(3):
+        if np.count_nonzero(good) < MIN_SPOTS:
+            break
+        slope, offset, read_var = _photon_transfer(
+            mu[good], resid2[good], offset_known, read_var, camera
+        )
+        ratio = resid2.mean(axis=1) / np.maximum(slope * (mu - offset) + read_var, 1e-12).mean(1)
+        good = ratio < 1 + 4 * math.sqrt(2 / mu.shape[1])
+        if np.count_nonzero(good) < len(good) / 2:
+            centre = np.median(ratio)
+            good = ratio < centre + 4 * 1.4826 * np.median(np.abs(ratio - centre))
+    if np.count_nonzero(good) < MIN_SPOTS:
+        raise CalibrationError(
+            f"{name}: only {np.count_nonzero(good)} of {len(spots)} isolated spots fit a "
+            f"Gaussian spot within the noise (need {MIN_SPOTS}); cannot fit the PSF width "
+            "and photons"
+        )
+    params = params[good]
+    gain = slope / EXCESS_NOISE[camera]  # ADU per photoelectron
+    sigmas, photons = params[:, 2], params[:, 3] / gain
+    bg_electrons = max((float(np.median(background)) - offset) / gain, 0.0)
+    per_frame = counts * FRAME_PX / (info["height"] * info["width"])
+    pixel_nm, source = _pixel_size(stack, pixel_size_nm)
+    result = {
+        **info,
+        "camera": camera,
+        "pixel_size_nm": pixel_nm,
+        "pixel_size_source": source,
+        "offset_adu": offset,
+        "offset_source": "dark frames" if offset_known is not None else "assumed read noise",
+        "adu_per_electron": gain,
+        "read_noise_adu": math.sqrt(max(read_var, 0.0)),
+        "background_adu": float(np.median(background)),
+        "background_electrons": bg_electrons,
+        "psf_sigma_px": float(np.median(sigmas)),
+        "psf_sigma_iqr_px": [float(q) for q in np.percentile(sigmas, [25, 75])],
+        "photons_median": float(np.median(photons)),
+        "photons_full_frame": _mode(photons),
+        "photons_log_spread": float(np.std(np.log(np.clip(photons, 1.0, None)))),
+        "emitters_per_frame": [float(q) for q in np.percentile(per_frame, [5, 95])],
+        "n_spots": int(len(params)),
+    }
+    result["peak_snr"] = C.peak_snr(
+        result["photons_full_frame"],
+        result["psf_sigma_px"],
+        bg_electrons,
+        result["read_noise_adu"] / gain,
+    )
+    result["warnings"] = [
+        text
+        for bad, text in (
+            (result["n_spots"] < TRUSTED_SPOTS, f"only {result['n_spots']} spots fitted"),
+            (result["peak_snr"] < TRUSTED_SNR, f"dim spots (peak SNR {result['peak_snr']:.1f})"),
+        )
+        if bad
+    ]
+    result["conditions"] = _conditions(result, seed)
+    result["_arrays"] = {"sigmas": sigmas, "photons": photons, "background": background}
+    return result
+
+
+def _mode(photons):
+    """Most common photons per spot (log-scale kernel density peak), photoelectrons.
+
+    Spots of emitters that switch on or off during the exposure are dimmer
+    than the rest; the peak is the brightness of an emitter on for a whole frame.
+    """
+    logs = np.log(np.clip(photons, 1.0, None))
+    if np.ptp(logs) == 0:
+        return float(np.exp(logs[0]))
+    grid = np.linspace(logs.min(), logs.max(), 512)
+    return float(np.exp(grid[np.argmax(gaussian_kde(logs)(grid))]))
+
+
+def _sample(stack, name):
+    """Good frames (float32, evenly spaced, within :data:`SAMPLE_PIXELS`) and stack facts."""
+    if isinstance(stack, (str, Path)):
+        with TiffStack(stack) as tif:
+            return _sample_chunks(tif.shape, tif.dtype, tif.chunks, name)
+    stack = np.asarray(stack)
+    if stack.ndim != 3:
+        raise UnsupportedFileError(f"{name}: expected frames of shape (n, H, W), got {stack.shape}")
+    return _sample_chunks(stack.shape, stack.dtype, lambda k: _array_chunks(stack, k), name)
+
+
+def _array_chunks(stack, k):
+    for start in range(0, len(stack), k):
+        yield start, stack[start : start + k]
+
+
+def _sample_chunks(shape, dtype, chunks, name):
+    n, h, w = shape
+    chunk = max(1, 2**22 // (h * w))
+    peak = np.zeros(n)
+    for start, frames in chunks(chunk):  # pass 1: per-frame maxima give the bit depth
+        peak[start : start + len(frames)] = frames.reshape(len(frames), -1).max(axis=1)
+    top = float(peak.max()) if n else 0.0
+    bits = next((b for b in BIT_DEPTHS if top <= 2**b - 1), None)
+    if dtype.kind == "f" or bits is None:
+        bits = None
+    saturation = 2**bits - 1 if bits else math.inf
+    bad, keep = [], []
+    want = max(2, SAMPLE_PIXELS // (h * w))
+    for start, frames in chunks(chunk):  # pass 2: bad frames out, a sample kept
+        for i, frame in enumerate(frames):
+            saturated = np.count_nonzero(frame >= saturation) > SATURATED_FRACTION * h * w
+            if not frame.any() or saturated:
+                bad.append(start + i)
+            else:
+                keep.append(frame.astype(np.float32))
+        if len(keep) > 2 * want:  # thin out to every other kept frame, evenly
+            keep = keep[::2]
+    if not keep:
+        raise CalibrationError(f"{name}: no usable frames (all are empty or saturated)")
+    step = max(1, math.ceil(len(keep) / want))
+    info = {"frames": n, "height": h, "width": w, "bit_depth": bits, "bad_frames": bad}
+    return np.stack(keep[::step]), info
+
+
+def _spots(frames, sigma):
+    """Background map (H, W), frames less fixed pattern, spots per frame and isolated spots.
+
+    Returns ``background`` (H, W) ADU, ``frames`` (k, H, W) with the
+    pixel-to-pixel offset pattern removed, ``counts`` (k,) spots per frame and
+    ``spots`` (n, 3) int: frame, row, column of isolated spots.
+    """
+    median = np.median(frames, axis=0)
+    smooth = ndimage.gaussian_filter(frames - median, (0, sigma, sigma))
+    noise = 1.4826 * np.median(np.abs(smooth - np.median(smooth)))
+    peaks = (smooth == ndimage.maximum_filter(smooth, (1, 5, 5))) & (smooth > DETECT_Z * noise)
+    # Background: the mean outside spots (a disc of 3 sigma around every peak).
+    near = ndimage.binary_dilation(peaks, _disc(3 * sigma)[None])
+    n_out = (~near).sum(axis=0)
+    background = np.where(
+        n_out > 0, np.where(near, 0, frames).sum(axis=0) / np.maximum(n_out, 1), median
+    )
+    # Fixed pattern (sCMOS offsets) less its smooth part: removed before fitting,
+    # except where spots sit in most frames (fiducials: no background seen there).
+    pattern = background - ndimage.gaussian_filter(background, 5.0)
+    frames = frames - np.where(n_out >= len(frames) / 2, pattern, 0.0).astype(np.float32)
+    f, r, c = np.nonzero(peaks)
+    counts = np.bincount(f, minlength=len(frames))
+    half = int(math.ceil(3 * sigma))
+    # Isolated: inside the frame with its window, no other peak (at a lower
+    # threshold) within 2 windows' half-widths.
+    faint = (smooth == ndimage.maximum_filter(smooth, (1, 3, 3))) & (smooth > 3 * noise)
+    crowd = ndimage.uniform_filter(faint.astype(np.float32), (1, 4 * half + 1, 4 * half + 1))
+    alone = crowd[f, r, c] * (4 * half + 1) ** 2 < 1.5
+    h, w = frames.shape[1:]
+    inside = (r >= half) & (r < h - half) & (c >= half) & (c < w - half)
+    # Fiducials (a spot at one place in many frames) are not fluorophores.
+    often = ndimage.maximum_filter(peaks.sum(axis=0), 3) > len(frames) / 4
+    keep = alone & inside & ~often[r, c]
+    spots = np.column_stack([f, r, c])[keep]
+    return background, frames, counts, spots[:: max(1, math.ceil(len(spots) / MAX_SPOTS))]
+
+
+def _disc(radius):
+    n = int(math.ceil(radius))
+    y, x = np.mgrid[-n : n + 1, -n : n + 1]
+    return x * x + y * y <= radius * radius
+
+
+def _model(p, grid):
+    """Pixel-integrated Gaussian on a flat background and its Jacobian.
+
+    ``p`` (n, 5): x, y, sigma, amplitude (ADU), background (ADU), window
+    coordinates; ``grid`` (m,) pixel-centre offsets. Returns model (n, m, m)
+    and Jacobian (n, m, m, 5).
+    """
+    x, y, s, a, b = (p[:, i, None] for i in range(5))
+    lo, hi = grid[None] - 0.5, grid[None] + 0.5
+    root2 = math.sqrt(2.0)
+
+    def axis(c):
+        u0, u1 = (lo - c) / (root2 * s), (hi - c) / (root2 * s)
+        g0, g1 = np.exp(-(u0**2)), np.exp(-(u1**2))
+        e = 0.5 * (erf(u1) - erf(u0))
+        de_dc = -(g1 - g0) / (math.sqrt(2 * math.pi) * s)
+        de_ds = -((hi - c) * g1 - (lo - c) * g0) / (math.sqrt(2 * math.pi) * s * s)
+        return e, de_dc, de_ds
+
+    ex, dex, dsx = axis(x)
+    ey, dey, dsy = axis(y)
+    shape = ey[:, :, None] * ex[:, None, :]
+    a3 = a[:, :, None]
+    jac = np.stack(
+        [
+            a3 * ey[:, :, None] * dex[:, None, :],
+            a3 * dey[:, :, None] * ex[:, None, :],
+            a3 * (dsy[:, :, None] * ex[:, None, :] + ey[:, :, None] * dsx[:, None, :]),
+            shape,
+            np.ones_like(shape),
+        ],
+        axis=-1,
+    )
+    return a3 * shape + b[:, :, None], jac
+
+
+def _fit_spots(frames, spots, sigma0, iterations=30):
+    """Least-squares fits of the spots (n, 3) in frames (k, H, W).
+
+    Returns ``params`` (n, 5) (x, y, sigma, amplitude, background; x and y
+    relative to the window centre), model values and squared residuals
+    (n, m * m) corrected for the leverage of the 5 fitted parameters, and a mask (n,) of
+    converged fits of plausible width.
+    """
+    half = int(math.ceil(3 * sigma0))
+    grid = np.arange(-half, half + 1, dtype=float)
+    rows = spots[:, 1, None] + grid.astype(int)
+    cols = spots[:, 2, None] + grid.astype(int)
+    data = frames[spots[:, 0, None, None], rows[:, :, None], cols[:, None, :]].astype(float)
+    edge = np.concatenate([data[:, 0], data[:, -1], data[:, 1:-1, 0], data[:, 1:-1, -1]], axis=1)
+    b0 = np.median(edge, axis=1)
+    a0 = np.clip(data.sum(axis=(1, 2)) - b0 * data[0].size, 1.0, None)
+    p = np.column_stack([np.zeros(len(data)), np.zeros(len(data)), np.full(len(data), sigma0)])
+    p = np.column_stack([p, a0, b0])
+    damping = np.full(len(data), 1e-3)
+    y = data.reshape(len(data), -1)
+    model, jac = _model(p, grid)
+    cost = ((y - model.reshape(len(y), -1)) ** 2).sum(axis=1)
+    for _ in range(iterations):
+        j = jac.reshape(len(y), -1, 5)
+        r = y - model.reshape(len(y), -1)
+        jtj = np.einsum("nmi,nmj->nij", j, j)
+        jtr = np.einsum("nmi,nm->ni", j, r)
+        diag = jtj[:, np.arange(5), np.arange(5)]
+        step = np.linalg.solve(
+            jtj + (damping[:, None, None] * diag[:, :, None] + 1e-9) * np.eye(5), jtr[..., None]
+        )[..., 0]
+        trial = p + step
+        trial[:, 2] = np.clip(trial[:, 2], 0.3, 3 * half)
+        trial[:, 3] = np.clip(trial[:, 3], 1e-3, None)
+        t_model, t_jac = _model(trial, grid)
+        t_cost = ((y - t_model.reshape(len(y), -1)) ** 2).sum(axis=1)
+        better = t_cost < cost
+        p[better], model[better], jac[better], cost[better] = (
+            trial[better],
+            t_model[better],
+            t_jac[better],
+            t_cost[better],
+        )
+        damping = np.where(better, damping / 3, damping * 4)
+    mu = model.reshape(len(y), -1)
+    # A fit takes up part of each pixel's noise: E[r²] = (1 - leverage) var.
+    j = jac.reshape(len(y), -1, 5)
+    inverse = np.linalg.pinv(np.einsum("nmi,nmj->nij", j, j))
+    leverage = np.einsum("nmi,nij,nmj->nm", j, inverse, j)
+    resid2 = (y - mu) ** 2 / np.clip(1 - leverage, 0.05, None)
+    ok = (
+        (np.abs(p[:, 0]) < 1.5)
+        & (np.abs(p[:, 1]) < 1.5)
+        & (p[:, 2] > 0.4)
+        & (p[:, 2] < half)
+        & (p[:, 3] > 0)
+    )
+    return p, mu, resid2, ok
+
+
+def _photon_transfer(mu, resid2, offset, read_var, camera, n_bins=24):
+    """``(slope, offset, read variance)`` of ``var = slope (mu - offset) + read_var`` (ADU).
+
+    Residuals are binned by model value (quantiles); each bin's mean (4-sigma
+    clipped) is one point of a weighted line fit.
+    """
+    mu, resid2 = mu.ravel(), resid2.ravel()
+    edges = np.unique(np.quantile(mu, np.linspace(0, 1, n_bins + 1)))
+    which = np.clip(np.searchsorted(edges, mu, side="right") - 1, 0, len(edges) - 2)
+    xs, vs, ws = [], [], []
+    for k in range(len(edges) - 1):
+        r = resid2[which == k]
+        if r.size < 20:
+            continue
+        r = r[r < 16 * np.median(r) / 0.4549]  # beyond 4 sigma of a Gaussian: misfits
+        xs.append(mu[which == k].mean())
+        vs.append(r.mean())
+        ws.append(r.size / max(r.mean(), 1e-12) ** 2)  # 1 / variance of a mean of chi²
+    xs, vs, ws = np.array(xs), np.array(vs), np.array(ws)
+    design = np.column_stack([xs, np.ones_like(xs)])
+    sw = np.sqrt(ws)
+    slope, intercept = np.linalg.lstsq(design * sw[:, None], vs * sw, rcond=None)[0]
+    slope = float(max(slope, 1e-9))
+    if offset is None:
+        # intercept = read_var - slope * offset, read noise assumed typical of the camera.
+        gain = slope / EXCESS_NOISE[camera]
+        read_var = (READ_NOISE_E[camera] * gain) ** 2
+        offset = (read_var - intercept) / slope
+    elif read_var is None:
+        read_var = intercept + slope * offset
+    return slope, float(offset), float(read_var)
+
+
+def _pixel_size(stack, given):
+    """``(nm, source)``: the given size, else the TIFF's ImageJ/OME metadata, else 100 nm."""
+    if given is not None:
+        return float(given), "given"
+    if isinstance(stack, (str, Path)):
+        nm = tiff_pixel_size_nm(stack)
+        if nm is not None:
+            return nm, "TIFF metadata"
+    return 100.0, "default (no metadata; use --pixel-size)"
+
+
+_UNIT_NM = {"nm": 1.0, "nanometer": 1.0, "µm": 1e3, "um": 1e3, "micron": 1e3, "micrometer": 1e3}
+_UNIT_NM.update({"\\u00B5m": 1e3, "mm": 1e6, "m": 1e9, "cm": 1e7})
+
+
+def tiff_pixel_size_nm(path):
+    """Pixel size (nm) in a TIFF's OME (PhysicalSizeX) or ImageJ (XResolution, unit) metadata.
+
+    Returns None when the file has none or its unit is unknown.
+    """
+    import re
+
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if tif.ome_metadata:
+            size = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
+            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+            factor = _UNIT_NM.get(unit.group(1) if unit else "µm")
+            if size and factor:
+                return float(size.group(1)) * factor
+        unit = (tif.imagej_metadata or {}).get("unit")
+        tag = tif.pages.first.tags.get("XResolution")
+        factor = _UNIT_NM.get(str(unit).lower()) if unit else None
+        if tag is not None and factor:
+            num, den = tag.value
+            if num > 0 and den > 0 and num != den:  # 1/1 is "no calibration"
+                return factor * den / num
+    return None
+
+
+def _conditions(cal, seed):
+    """Central :func:`defcon.simulate.simulate` keywords of a calibrated stack."""
+    camera = cal["camera"]
+    em_gain = 100.0 if camera == "emccd" else None
+    # Electrons per ADU after the EM register, as the simulator counts them.
+    adu_gain = (em_gain or 1.0) / cal["adu_per_electron"]
+    per_um2 = (cal["pixel_size_nm"] / 1000.0) ** -2 / FRAME_PX
+    low, high = cal["emitters_per_frame"]
+    return {
+        **C.sample_conditions(seed),  # what a stack does not show: photophysics, layout
+        "psf_sigma_px": cal["psf_sigma_px"],
+        "defocus_nm": 0.0,
+        "camera_pixel_nm": cal["pixel_size_nm"] * 100.0,
+        "magnification": 100.0,
+        "photon_rate": cal["photons_full_frame"],
+        "photon_spread": 0.0,
+        "background": cal["background_electrons"],
+        "background_gradient": 0.0,
+        "background_haze": 0.0,
+        "camera": camera,
+        "em_gain": em_gain,
+        "read_noise": cal["read_noise_adu"] * adu_gain,
+        "quantum_efficiency": 1.0,
+        "adu_gain": adu_gain,
+        "baseline": cal["offset_adu"],
+        "bit_depth": cal["bit_depth"] or 16,
+        "density_sweep": [low * per_um2, max(high, low) * per_um2],
+        "brightness_threshold": C.THRESHOLD_FRACTION * cal["photons_full_frame"],
+    }
+
+
+def like_conditions(calibration, seed):
+    """Conditions of a stack like a calibrated one, drawn around its values.
+
+    Parameters
+    ----------
+    calibration : dict
+        As returned by :func:`calibrate` or read by :func:`read_calibration`.
+    seed : int
+
+    Returns
+    -------
+    dict
+        A conditions dict (see :mod:`defcon.conditions`); the PSF width, photons
+        and background vary log-normally by :data:`LIKE_SPREAD`, the unmeasured
+        photophysics and layout are drawn by :func:`defcon.conditions.sample_conditions`.
+    """
+    rng = np.random.default_rng(seed)
+    drawn = _conditions(calibration, seed)
+    for key, spread in LIKE_SPREAD.items():
+        drawn[key] = float(drawn[key] * math.exp(rng.normal(0.0, spread)))
+    drawn["brightness_threshold"] = C.THRESHOLD_FRACTION * drawn["photon_rate"]
+    return drawn
+
+
+def write_calibration(calibration, path):
+    """Write a calibration as JSON (atomically), without its private arrays."""
+    public = {k: v for k, v in calibration.items() if not k.startswith("_")}
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(public, indent=2, sort_keys=True) + "\n")
+
+
+def read_calibration(path):
+    """Read a file written by :func:`write_calibration`.
+
+    Raises
+    ------
+    CalibrationError
+        Not a JSON object with a ``conditions`` object.
+    """
+    try:
+        calibration = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CalibrationError(f"{path}: not a readable calibration file (JSON): {exc}") from None
+    if not isinstance(calibration, dict) or not isinstance(calibration.get("conditions"), dict):
+        raise CalibrationError(f"{path}: not a calibration file (written by defcon calibrate)")
+    return calibration
+
+
+def write_report(calibration, path):
+    """Write a one-page PNG: spot widths, photons per spot and the background map."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    arrays = calibration["_arrays"]
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    ax1.hist(arrays["sigmas"], bins=40, color="0.6")
+    ax1.axvline(calibration["psf_sigma_px"], color="C3")
+    ax1.set(xlabel="fitted spot sigma (px)", ylabel="spots")
+    ax1.set_title(f"PSF sigma {calibration['psf_sigma_px']:.2f} px")
+    ax2.hist(np.log10(np.clip(arrays["photons"], 1, None)), bins=40, color="0.6")
+    ax2.axvline(math.log10(max(calibration["photons_median"], 1)), color="C0", label="median")
+    ax2.axvline(math.log10(max(calibration["photons_full_frame"], 1)), color="C3", label="peak")
+    ax2.legend()
+    ax2.set(xlabel="log10 photoelectrons per spot", ylabel="spots")
+    ax2.set_title(f"{calibration['photons_full_frame']:.0f} photons per spot (peak)")
+    image = ax3.imshow(arrays["background"], cmap="gray")
+    fig.colorbar(image, ax=ax3, label="ADU")
+    ax3.set_title(
+        f"background {calibration['background_electrons']:.1f} e-\n"
+        f"offset {calibration['offset_adu']:.1f} ADU, {calibration['adu_per_electron']:.3g} ADU/e-"
+    )
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
