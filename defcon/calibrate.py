@@ -33,7 +33,7 @@ from scipy.stats import gaussian_kde
 from . import conditions as C
 from .envelope import FRAME_PX, estimate_psf_sigma
 from .errors import CalibrationError, ParameterError, UnsupportedFileError
-from .files import atomic_path
+from .files import atomic_path, write_json
 from .scene import CAMERAS
 from .tiffio import TiffStack
 
@@ -522,9 +522,7 @@ def like_conditions(calibration, seed):
 
 def write_calibration(calibration, path):
     """Write a calibration as JSON (atomically), without its private arrays."""
-    public = {k: v for k, v in calibration.items() if not k.startswith("_")}
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(public, indent=2, sort_keys=True) + "\n")
+    write_json({k: v for k, v in calibration.items() if not k.startswith("_")}, path)
 
 
 def read_calibration(path):

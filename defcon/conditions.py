@@ -19,7 +19,7 @@ import numpy as np
 
 from .envelope import FRAME_PX  # densities are quoted per 64 x 64 pixels
 from .errors import ConfigError
-from .files import atomic_path
+from .files import write_json
 
 #: The brightness threshold of simulated stacks, as a fraction of the photons of a
 #: typical fluorophore on for a whole frame: an emitter counts in a frame when it
@@ -167,8 +167,7 @@ def simulation_parameters(conditions):
 
 def write_conditions(conditions, path):
     """Write a conditions dict as JSON (atomically)."""
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(conditions, indent=2, sort_keys=True) + "\n")
+    write_json(conditions, path)
 
 
 def read_conditions(path):

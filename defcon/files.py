@@ -61,6 +61,14 @@ def atomic_path(path, suffix=None):
         raise
 
 
+def write_json(data, path):
+    """Write ``data`` as indented, key-sorted JSON to ``path``, atomically."""
+    import json
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
 def remove_stale_temporaries(folder, stem="*"):
     """Delete temporary outputs left by defcon processes that no longer run.
 
