@@ -18,7 +18,7 @@ from .errors import DefconError  # noqa: E402
 
 log = logging.getLogger("defcon")
 #: Subcommands that load TensorFlow.
-TENSORFLOW_COMMANDS = ("train", "predict", "export", "info")
+TENSORFLOW_COMMANDS = ("train", "predict", "export")
 
 EPILOG = """workflow:
   defcon simulate --out sim/                      simulated stack + frame logger
@@ -793,7 +793,7 @@ def main(argv=None):
     # A job manager's SIGTERM stops the work like Ctrl-C: partial outputs are removed.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        if args.command in TENSORFLOW_COMMANDS:
+        if _needs_tensorflow(args):
             _import_tensorflow(show_device=args.command in ("train", "predict"))
         args.run(args)
     except DefconError as err:
@@ -811,6 +811,15 @@ def main(argv=None):
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _needs_tensorflow(args):
+    """Whether the command will load TensorFlow (info only for a model, not a training set)."""
+    if args.command == "info":
+        from .info import loads_a_network
+
+        return loads_a_network(args.file)
+    return args.command in TENSORFLOW_COMMANDS
 
 
 def _import_tensorflow(show_device):

@@ -21,22 +21,19 @@ def describe(path):
     str
         Several lines of text.
     """
-    from .package_reader import describe_package, is_package
+    from .package_reader import describe_package
 
     path = existing_file(path, "file")
-    if is_package(path):
+    kind = _kind(path)
+    if kind == "package":
         return describe_package(path)
-    if path.suffix == ".keras":
+    if kind == "model":
         return _describe_model(path)
-    if not h5py.is_hdf5(path):
+    if kind is None:
         raise UnsupportedFileError(
             f"{path}: not a file defcon knows (expected an HDF5 "
             "training set, a .keras / .h5 model or a model package)"
         )
-    with h5py.File(path, "r") as f:
-        is_set = MARKER in f.attrs
-    if not is_set:
-        return _describe_model(path)
     with TrainingSet(path, "r") as ts:
         lengths = ts.frame_counts()["input"]
         lines = [
@@ -50,6 +47,33 @@ def describe(path):
                 if "source_file" in ts[group][name].attrs:
                     lines.append(f"  {group}/{name} from {ts[group][name].attrs['source_file']}")
     return "\n".join(lines)
+
+
+def loads_a_network(path):
+    """True if :func:`describe` loads a network for ``path`` (and so imports TensorFlow).
+
+    Parameters
+    ----------
+    path : str or Path
+    """
+    try:
+        return _kind(Path(path)) == "model"
+    except OSError:  # missing, unreadable or locked: describe says which
+        return False
+
+
+def _kind(path):
+    """'package', 'model', 'set' (a TrainingSet or compact set) or None for ``path``."""
+    from .package_reader import is_package
+
+    if is_package(path):
+        return "package"
+    if path.suffix == ".keras":
+        return "model"
+    if not h5py.is_hdf5(path):
+        return None
+    with h5py.File(path, "r") as f:
+        return "set" if MARKER in f.attrs else "model"
 
 
 def _describe_model(path):

@@ -478,3 +478,14 @@ def test_predict_series_option(tmp_path, model_file, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["predict", str(model_file), str(path), "--series", "-1"])
     assert exit_.value.code == 2 and "0-based index" in capsys.readouterr().err
+
+
+def test_info_loads_tensorflow_only_for_networks(tmp_path, sim_files, model_file):
+    from defcon.datasets import TrainingSet
+    from defcon.info import loads_a_network
+
+    with TrainingSet(tmp_path / "ts.h5") as ts:
+        ts.add_dataset("a", *sim_files)
+    assert not loads_a_network(tmp_path / "ts.h5")  # a training set: no TensorFlow start-up
+    assert loads_a_network(model_file)
+    assert not loads_a_network(tmp_path / "missing.h5")
