@@ -701,6 +701,7 @@ class DensityWriter:
     def __enter__(self):
         what = f"{self.shape[0]} density maps of {self.shape[1]} x {self.shape[2]}"
         size = 4 * int(np.prod(self.shape)) + 64 * self.shape[0] + (1 << 20)
+        # Before any file exists: even creating an HDF5 file must not meet a full disk.
         check_free_space(self.path, size, what)
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(atomic_path(self.path))
