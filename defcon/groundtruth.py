@@ -38,7 +38,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_COLUMNS = ("frame", "x", "y", "brightness")
 KERNELS = ("integrated", "sampled")
 # Kernel support: +-_TRUNCATE sigma around the emitter. Beyond 5 sigma a 1-D
 # Gaussian holds < 3e-7 of its mass per side, so a map differs from the untruncated

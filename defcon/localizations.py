@@ -74,8 +74,10 @@ class Layout:
         return values + self.shift if self.shift else values
 
 
+#: The columns every table becomes: frame (1-based), x, y (pixels), brightness.
+REQUIRED_COLUMNS = ("frame", "x", "y", "brightness")
 #: Frame-logger CSVs and DataFrames: nothing to convert.
-FRAME_LOGGER = Layout("sass", {name: name for name in ("frame", "x", "y", "brightness")})
+FRAME_LOGGER = Layout("sass", {name: name for name in REQUIRED_COLUMNS})
 
 
 class Localizations:
