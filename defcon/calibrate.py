@@ -21,7 +21,6 @@ Photons are *detected* photoelectrons (quantum efficiency included): the
 conditions for :func:`defcon.simulate.simulate` set ``quantum_efficiency=1``.
 """
 
-import json
 import math
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from scipy.stats import gaussian_kde
 from . import conditions as C
 from .envelope import FRAME_PX, estimate_psf_sigma
 from .errors import CalibrationError, ParameterError, UnsupportedFileError
-from .files import atomic_path, write_json
+from .files import atomic_path, read_json, write_json
 from .scene import CAMERAS
 from .tiffio import TiffStack
 
@@ -533,10 +532,7 @@ def read_calibration(path):
     CalibrationError
         Not a JSON object with a ``conditions`` object.
     """
-    try:
-        calibration = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CalibrationError(f"{path}: not a readable calibration file (JSON): {exc}") from None
+    calibration = read_json(path, "calibration file", CalibrationError)
     if not isinstance(calibration, dict) or not isinstance(calibration.get("conditions"), dict):
         raise CalibrationError(f"{path}: not a calibration file (written by defcon calibrate)")
     return calibration

@@ -11,15 +11,13 @@ Densities are given per pixel (emitters per 64 x 64 frame), not per µm², so on
 range means the same crowding in the image whatever the pixel size.
 """
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 
 from .envelope import FRAME_PX  # densities are quoted per 64 x 64 pixels
 from .errors import ConfigError
-from .files import write_json
+from .files import read_json, write_json
 
 #: The brightness threshold of simulated stacks, as a fraction of the photons of a
 #: typical fluorophore on for a whole frame: an emitter counts in a frame when it
@@ -178,10 +176,7 @@ def read_conditions(path):
     ConfigError
         The file is not a JSON object.
     """
-    try:
-        conditions = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable conditions file (JSON): {exc}") from None
+    conditions = read_json(path, "conditions file", ConfigError)
     if not isinstance(conditions, dict):
         raise ConfigError(f"{path}: a conditions file holds one JSON object of parameters")
     return conditions

@@ -3,6 +3,7 @@
 import contextlib
 import errno
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -63,10 +64,25 @@ def atomic_path(path, suffix=None):
 
 def write_json(data, path):
     """Write ``data`` as indented, key-sorted JSON to ``path``, atomically."""
-    import json
-
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path, what, error):
+    """Parse the JSON file ``path``; an unreadable one raises ``error`` naming ``what``.
+
+    Parameters
+    ----------
+    path : str or Path
+    what : str
+        What the file is, for the message (e.g. ``"conditions file"``).
+    error : type
+        The :class:`DefconError` subclass to raise.
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: not a readable {what} (JSON): {exc}") from None
 
 
 def remove_stale_temporaries(folder, stem="*"):
