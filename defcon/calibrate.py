@@ -470,10 +470,17 @@ def _conditions(cal, seed):
     em_gain = 100.0 if camera == "emccd" else None
     # Electrons per ADU after the EM register, as the simulator counts them.
     adu_gain = (em_gain or 1.0) / cal["adu_per_electron"]
-    per_um2 = (cal["pixel_size_nm"] / 1000.0) ** -2 / FRAME_PX
-    low, high = cal["emitters_per_frame"]
+    # Spots merge in crowded frames, so the measured density is a floor: the
+    # sweep's top is drawn between twice it and the training range's top.
+    top = 2 * cal["emitters_per_frame"][1]
+    pixel = (cal["pixel_size_nm"],) * 2
+    ranges = {
+        "pixel_size_nm": (*pixel, "uniform"),
+        "emitters_per_frame": (top, max(top, C.TRAINING_RANGES["emitters_per_frame"][1]), "sqrt"),
+    }
     return {
-        **C.sample_conditions(seed),  # what a stack does not show: photophysics, layout
+        # What a stack does not show (photophysics, layout, density sweep) as drawn for training.
+        **C.sample_conditions(seed, ranges),
         "psf_sigma_px": cal["psf_sigma_px"],
         "defocus_nm": 0.0,
         "camera_pixel_nm": cal["pixel_size_nm"] * 100.0,
@@ -490,7 +497,6 @@ def _conditions(cal, seed):
         "adu_gain": adu_gain,
         "baseline": cal["offset_adu"],
         "bit_depth": cal["bit_depth"] or 16,
-        "density_sweep": [low * per_um2, max(high, low) * per_um2],
         "brightness_threshold": C.THRESHOLD_FRACTION * cal["photons_full_frame"],
     }
 

@@ -33,7 +33,7 @@ EPILOG = """workflow:
 
 MODEL_HELP = (
     "model file: .keras, the original DEFCoN .h5, a Keras weights file or a "
-    "bioimage.io package (.zip)"
+    "bioimage.io package (.zip); or 'pretrained' for the model defcon ships"
 )
 
 
@@ -142,6 +142,21 @@ def _add_simulate(sub):
         "--conditions it also gets conditions.json, whose brightness_threshold "
         "is the one to build with",
     )
+    p.add_argument(
+        "--stacks",
+        type=_positive_int,
+        default=1,
+        help="simulate this many stacks (OUT/stack-001/, ...), each with conditions drawn "
+        "from --seed + k (--like, --randomize) and its own seed (1)",
+    )
+    p.add_argument(
+        "--training-set",
+        metavar="FILE",
+        help="also build the stacks into a shuffled compact set FILE, ready for defcon train "
+        "(each stack with the brightness threshold of its conditions; OUT/training.h5 "
+        "keeps them one dataset per stack); e.g. defcon simulate --like calib.json "
+        "--stacks 16 --frames 250 --out finetune/ --training-set finetune/compact.h5",
+    )
     p.set_defaults(run=_run_simulate)
 
 
@@ -151,21 +166,17 @@ def _run_simulate(args):
     from . import conditions
     from .simulate import simulate
 
-    drawn = None
-    if args.randomize:
-        drawn = conditions.sample_conditions(args.seed, n_frames=args.frames)
-    elif args.conditions:
-        drawn = conditions.read_conditions(args.conditions)
-    elif args.like:
-        from .calibrate import like_conditions, read_calibration
-
-        drawn = like_conditions(read_calibration(args.like), args.seed)
+    draw = _conditions_source(args)
     overrides = _parse_assignments(args.set)
-    params = {**(conditions.simulation_parameters(drawn) if drawn else {}), **overrides}
     if args.density_sweep is not None:
         if len(args.density_sweep) not in (0, 2):
             raise SystemExit("defcon simulate: error: --density-sweep takes no value or LOW HIGH")
-        params["density_sweep"] = tuple(args.density_sweep) or True
+        overrides["density_sweep"] = tuple(args.density_sweep) or True
+    if args.stacks > 1 or args.training_set:
+        _run_simulate_many(args, draw, overrides)
+        return
+    drawn = draw(args.seed) if draw else None
+    params = {**(conditions.simulation_parameters(drawn) if drawn else {}), **overrides}
     summary = simulate(
         args.out,
         args.frames,
@@ -182,15 +193,60 @@ def _run_simulate(args):
         f"({summary['emitters_per_frame_min']} to {summary['emitters_per_frame_max']})"
     )
     if drawn is not None:
-        drawn = {**drawn, **params}
-        if "photon_rate" in overrides:
-            drawn["brightness_threshold"] = conditions.THRESHOLD_FRACTION * params["photon_rate"]
+        drawn = conditions.with_overrides(drawn, overrides)
         conditions.write_conditions(drawn, Path(args.out) / "conditions.json")
         print(
             f"conditions: {Path(args.out) / 'conditions.json'} (camera {drawn.get('camera')}, "
             f"PSF sigma {summary['sigma_px']:.2f} px, layout {drawn.get('layout')}); build "
             f"with --brightness-threshold {drawn['brightness_threshold']:.1f}"
         )
+
+
+def _conditions_source(args):
+    """``draw(seed) -> conditions`` from --randomize, --conditions or --like; else None."""
+    from . import conditions
+
+    if args.randomize:
+        return lambda seed: conditions.sample_conditions(seed, n_frames=args.frames)
+    if args.conditions:
+        fixed = conditions.read_conditions(args.conditions)
+        return lambda seed: fixed
+    if args.like:
+        from .calibrate import like_conditions, read_calibration
+
+        calibration = read_calibration(args.like)
+        return lambda seed: like_conditions(calibration, seed)
+    return None
+
+
+def _run_simulate_many(args, draw, overrides):
+    from .simulated_sets import simulate_training_set, stack_folder
+
+    if draw is None:
+        raise SystemExit(
+            "defcon simulate: error: --stacks and --training-set need --like, --randomize or "
+            "--conditions (each stack's brightness threshold comes from its conditions)"
+        )
+    path = simulate_training_set(
+        draw,
+        args.out,
+        args.training_set,
+        args.stacks,
+        args.frames,
+        args.height,
+        args.width,
+        seed=args.seed,
+        overrides=overrides,
+        progress=not args.quiet,
+    )
+    print(
+        f"wrote {args.stacks} stacks of {args.frames} frames of {args.height} x {args.width} "
+        f"({stack_folder(args.out, 0)} to {stack_folder(args.out, args.stacks - 1).name}, "
+        "each with conditions.json)"
+    )
+    if path is not None:
+        print(f"wrote {path}: a shuffled compact set of all of them, ready for defcon train")
+        _print_info(path)
 
 
 def _parse_assignments(assignments):

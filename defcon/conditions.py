@@ -163,6 +163,28 @@ def simulation_parameters(conditions):
     return params
 
 
+def with_overrides(conditions, overrides):
+    """``conditions`` with some simulation parameters replaced.
+
+    The brightness threshold follows an overridden ``photon_rate`` (unless it
+    is overridden too).
+
+    Parameters
+    ----------
+    conditions, overrides : dict
+
+    Returns
+    -------
+    dict
+        A new conditions dict.
+    """
+    overrides = overrides or {}
+    result = {**conditions, **overrides}
+    if "photon_rate" in overrides and "brightness_threshold" not in overrides:
+        result["brightness_threshold"] = THRESHOLD_FRACTION * result["photon_rate"]
+    return result
+
+
 def write_conditions(conditions, path):
     """Write a conditions dict as JSON (atomically)."""
     write_json(conditions, path)

@@ -24,15 +24,10 @@ from .errors import (
 )
 from .files import existing_file
 from .frames import padded_side
+from .resources import DEFAULT_PRETRAINED, PRETRAINED_MODELS, model_file, shipped_model_file
 
 log = logging.getLogger(__name__)
 
-RESOURCES = Path(__file__).resolve().parent / "resources"
-#: Models shipped with defcon, by name (see :meth:`FCN.pretrained`); each has a
-#: model card ``<name>.md`` beside it.
-PRETRAINED_MODELS = ("defcon-broad-2026b", "defcon-sim-2026a")
-#: The model :meth:`FCN.pretrained` gives without a name.
-DEFAULT_PRETRAINED = "defcon-broad-2026b"
 #: The published DEFCoN model (Ottino et al., BSD-3), not shipped: see :meth:`FCN.published`.
 PUBLISHED_FILE = "defcon_tf13.h5"
 PUBLISHED_URL = "https://github.com/LEB-EPFL/DEFCoN/raw/master/defcon/resources/defcon_tf13.h5"
@@ -147,6 +142,8 @@ class FCN(keras.Model):
         Parameters
         ----------
         path : str or Path
+            The file, or the name of a shipped model (``pretrained`` or one of
+            :data:`~defcon.resources.PRETRAINED_MODELS`) when no such file exists.
         output : {'seg', 'density', 'both'}, optional
             Rebuild the network with this output (default: what the file holds).
 
@@ -166,8 +163,9 @@ class FCN(keras.Model):
         """
         from .package_reader import is_package, load_package
 
-        if not Path(path).exists():
-            raise _missing_model(Path(path))
+        path = model_file(path)
+        if not path.exists():
+            raise _missing_model(path)
         path = existing_file(path, "model file")
         if is_package(path):
             model = load_package(path)
@@ -412,10 +410,10 @@ class FCN(keras.Model):
         ConfigError
             ``name`` is not a shipped model.
         """
-        name = DEFAULT_PRETRAINED if name is None else name
-        if name not in PRETRAINED_MODELS:
+        path = shipped_model_file(DEFAULT_PRETRAINED if name is None else name)
+        if path is None:
             raise ConfigError(f"pretrained model {name!r}: expected one of {PRETRAINED_MODELS}")
-        return cls.from_file(RESOURCES / f"{name}.keras")
+        return cls.from_file(path)
 
     @classmethod
     def published(cls, path=None):
