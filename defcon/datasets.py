@@ -261,6 +261,7 @@ class TrainingSet(h5py.File):
                 )
             if not isinstance(ground_truth, pd.DataFrame):
                 ground_truth = Localizations(ground_truth, ground_truth_format, pixel_size_nm)
+                ground_truth.check_stack(stack.path, stack.shape)
             # Compact and sorted by frame; a table is streamed in chunks.
             truth = groundtruth.read_emitters(
                 ground_truth, n_frames, height, width, brightness_threshold

@@ -58,6 +58,9 @@ class Layout:
         centres at whole numbers.
     hint : str
         What the table should look like, for error messages.
+    movie_shape : tuple of int or None
+        ``(frames, height, width)`` of the movie the table was made from, when
+        the file says (Picasso's ``.yaml``).
     """
 
     format: str
@@ -66,6 +69,7 @@ class Layout:
     pixel_size_nm: tuple = None
     shift: float = 0.0
     hint: str = "expected a frame-logger CSV with the header frame,id,x,y,z,brightness"
+    movie_shape: tuple = None
 
     def to_pixels(self, values, axis):
         """Positions ``values`` of shape (N,) along ``axis`` ('x' or 'y') in defcon pixels."""
@@ -130,6 +134,28 @@ class Localizations:
 
     def __repr__(self):
         return f"<Localizations {self.label} ({self.describe()})>"
+
+    def check_stack(self, stack_path, shape):
+        """Refuse a stack of another frame size than the movie the table describes.
+
+        Parameters
+        ----------
+        stack_path : str or Path
+        shape : tuple of int
+            ``(frames, height, width)`` of the stack.
+
+        Raises
+        ------
+        GroundTruthError
+            The table's metadata give another frame size (a different movie or a crop).
+        """
+        movie = self.layout.movie_shape
+        if movie is not None and tuple(movie[1:]) != tuple(shape[1:]):
+            raise GroundTruthError(
+                f"{self.label}: localized on a movie of {movie[0]} frames of {movie[1]} x "
+                f"{movie[2]} px (its .yaml), but {stack_path} has frames of {shape[1]} x "
+                f"{shape[2]} px: is it the same movie, uncropped?"
+            )
 
     def describe(self):
         """The format and, for nm tables, the pixel size, e.g. ``'thunderstorm, 100 nm/px'``."""
@@ -236,7 +262,32 @@ def _open_picasso(path, pixel_size_nm):
                 rows = f["locs"][start : start + chunk_rows]
                 yield _table(rows, start), lambda index: f"row {index} of 'locs'"
 
-    return Layout("picasso", columns, 0, None, 0.5, hint), chunks, lambda: n
+    movie = _picasso_movie_shape(path.with_suffix(".yaml"))
+    return Layout("picasso", columns, 0, None, 0.5, hint, movie), chunks, lambda: n
+
+
+def _picasso_movie_shape(path):
+    """``(Frames, Height, Width)`` from Picasso's ``.yaml`` beside the locs, or None.
+
+    Picasso writes one YAML document per processing step; the first holds
+    the movie's size.
+    """
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as file:
+            documents = list(yaml.safe_load_all(file))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise GroundTruthError(f"{path}: not a Picasso metadata file (YAML): {err}") from err
+    for document in documents:
+        if isinstance(document, dict) and {"Frames", "Height", "Width"} <= set(document):
+            try:
+                return tuple(int(document[key]) for key in ("Frames", "Height", "Width"))
+            except (TypeError, ValueError):
+                break
+    return None
 
 
 def _open_decode(path, pixel_size_nm):
