@@ -143,6 +143,12 @@ def main():
     parser.add_argument("--frames", type=int, default=250)
     parser.add_argument("--test-frames", type=int, default=100)
     parser.add_argument("--skip-recipe", action="store_true", help="reuse DIR's model")
+    parser.add_argument(
+        "--docs",
+        action="store_true",
+        help="also write docs/calibration-report.png (the calibration's report) and "
+        "docs/finetune.png (counts before and after)",
+    )
     args = parser.parse_args()
     folder = args.folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -172,17 +178,41 @@ def main():
         "shipped (defcon-broad-2026b)": FCN.pretrained(),
         "fine-tuned": FCN.from_file(folder / "finetune" / "model" / "finetuned.keras"),
     }
+    tests = []
+    for k, density in enumerate(TEST_DENSITIES):
+        test, truth = render(np.full(args.test_frames, density), 64, 64, seed=100 + k)
+        tifffile.imwrite(folder / f"test-{density}.tif", test, imagej=True)
+        tests.append((folder / f"test-{density}.tif", truth))
     print("| model | " + " | ".join(f"{d} / frame" for d in TEST_DENSITIES) + " |")
     print("|---|" + "---|" * len(TEST_DENSITIES))
+    table = {}
     for name, model in models.items():
-        cells = []
-        for k, density in enumerate(TEST_DENSITIES):
-            test, truth = render(np.full(args.test_frames, density), 64, 64, seed=100 + k)
-            path = folder / f"test-{density}.tif"
-            tifffile.imwrite(path, test, imagej=True)
-            error, bias = errors(model, path, truth)
-            cells.append(f"{100 * error:.0f} % ({100 * bias:+.0f} %)")
+        table[name] = [errors(model, path, truth) for path, truth in tests]
+        cells = [f"{100 * error:.0f} % ({100 * bias:+.0f} %)" for error, bias in table[name]]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.docs:
+        shutil.copy(folder / "calib.png", PROJECT / "docs" / "calibration-report.png")
+        plot(table, PROJECT / "docs" / "finetune.png")
+
+
+def plot(table, path):
+    """Bias per test density, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), layout="constrained")
+    for name, cells in table.items():
+        ax.plot(TEST_DENSITIES, [100 * bias for _, bias in cells], "o-", label=name)
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xticks(TEST_DENSITIES, [str(d) for d in TEST_DENSITIES])
+    ax.set_xlabel("emitters per 64 x 64 frame (held-out stacks)")
+    ax.set_ylabel("count bias (%)")
+    ax.set_title("Airy PSF on 40 nm pixels, EMCCD: before and after fine-tuning", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
