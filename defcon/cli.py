@@ -430,7 +430,7 @@ def _run_train(args):
 def _add_predict(sub):
     p = sub.add_parser(
         "predict",
-        help="count emitters in a TIFF stack",
+        help="count emitters in TIFF stacks",
         description="Predict density maps for every frame of a TIFF stack "
         "(8/16-bit or float, any frame size), streaming it, and write the count "
         "and the maximum local count of every frame to a CSV "
@@ -440,12 +440,25 @@ def _add_predict(sub):
         "frames outside get a flag (psf_wide, psf_narrow, too_dense) and a "
         "warning, since their counts may be biased. Every frame of the stack is "
         "counted or the command fails: see --allow-truncated and --nan-frames "
-        "for damaged stacks.",
+        "for damaged stacks. Several stacks, or a folder (its *.tif and *.tiff files, "
+        "sorted, not its subfolders unless --recursive), are counted in parallel with "
+        "Dask (see 'many stacks'): each stack gets STACK_counts.csv beside it, and a "
+        "summary CSV lists every stack; stacks that fail are reported and the others "
+        "counted.",
     )
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("stack", help="TIFF stack to count")
-    p.add_argument("--out", help="also write the density maps to this .tif or .h5 file")
-    p.add_argument("--counts", help="counts CSV (default: STACK_counts.csv beside the stack)")
+    p.add_argument(
+        "stacks",
+        nargs="+",
+        metavar="STACK",
+        help="TIFF stack to count; or several, or folders of stacks",
+    )
+    p.add_argument(
+        "--out", help="also write the density maps to this .tif or .h5 file (one stack only)"
+    )
+    p.add_argument(
+        "--counts", help="counts CSV (one stack only; default: STACK_counts.csv beside the stack)"
+    )
     p.add_argument(
         "--box-size",
         "--box",
@@ -493,20 +506,52 @@ def _add_predict(sub):
         "never replace an input)",
     )
     _add_stack_options(p)
+    _add_many_stacks_options(p)
     p.set_defaults(run=_run_predict)
 
 
-def _run_predict(args):
-    from pathlib import Path
+def _add_many_stacks_options(p):
+    g = p.add_argument_group(
+        "many stacks",
+        "Several stacks, a folder, --scheduler, --workers or --summary count every "
+        'stack as one Dask task (pip install "defcon[dask]"; without Dask, one after '
+        "another in this process). Each worker process loads the model once. A stack "
+        "that fails is listed on stderr and in the summary, the others are counted, and "
+        "the command exits with status 1.",
+    )
+    g.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        help="also write the density maps of every stack to DIR/<stem>_density.tif",
+    )
+    g.add_argument(
+        "--summary",
+        metavar="FILE",
+        help="summary CSV of all stacks: path, status, frames, total_count, "
+        "mean_count, max_local_count, flags, seconds, error (default: "
+        "defcon_summary.csv in the current folder)",
+    )
+    g.add_argument(
+        "--recursive", action="store_true", help="also take the TIFF files of subfolders"
+    )
+    g.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="address of a running Dask scheduler (tcp://host:8786) whose workers see "
+        "the stacks and the model under the same paths (default: a local cluster)",
+    )
+    g.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="worker processes of the local cluster (default: one per two cores, at "
+        "most one per stack)",
+    )
 
-    from .predict import count_tiff
 
-    stack_path = Path(args.stack)
-    result = count_tiff(
-        args.model,
-        stack_path,
-        counts=args.counts or stack_path.with_name(stack_path.stem + "_counts.csv"),
-        density_output=args.out,
+def _count_options(args):
+    """The count_tiff keywords of ``defcon predict``'s options (outputs aside)."""
+    return dict(
         box_size=args.box_size,
         batch_size=args.batch_size,
         precision=args.precision,
@@ -516,10 +561,80 @@ def _run_predict(args):
             "allow_truncated": args.allow_truncated,
             "nonfinite": args.nan_frames,
         },
+    )
+
+
+def _run_predict(args):
+    from pathlib import Path
+
+    from .distributed import density_path
+    from .errors import ParameterError
+    from .predict import count_tiff
+
+    many = args.scheduler or args.workers or args.summary
+    if len(args.stacks) > 1 or many or Path(args.stacks[0]).is_dir():
+        return _run_predict_many(args)
+    if args.out and args.out_dir:
+        raise ParameterError("--out and --out-dir both name the density maps: give one")
+    stack_path = Path(args.stacks[0])
+    result = count_tiff(
+        args.model,
+        stack_path,
+        counts=args.counts or stack_path.with_name(stack_path.stem + "_counts.csv"),
+        density_output=args.out or (args.out_dir and density_path(stack_path, args.out_dir)),
         progress=not args.quiet,
         overwrite=args.overwrite,
+        **_count_options(args),
     )
     _print_counts(stack_path, result, args)
+
+
+def _run_predict_many(args):
+    """``defcon predict`` of several stacks: defcon.distributed.count_stacks, then a report."""
+    from .distributed import DEFAULT_SUMMARY, count_stacks
+    from .errors import ParameterError, StacksFailedError
+
+    if args.out:
+        raise ParameterError(
+            "--out names one density file; with several stacks use --out-dir DIR "
+            "(writes DIR/<stem>_density.tif)"
+        )
+    if args.counts:
+        raise ParameterError(
+            "--counts names one file; with several stacks each stack's counts go to "
+            "STACK_counts.csv beside it"
+        )
+    summary = args.summary or DEFAULT_SUMMARY
+    results = count_stacks(
+        args.model,
+        args.stacks,
+        scheduler=args.scheduler,
+        n_workers=args.workers,
+        out_dir=args.out_dir,
+        summary=summary,
+        recursive=args.recursive,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+        **_count_options(args),
+    )
+    for result in results:
+        path, status, frames, total, mean, _, flags, seconds, _ = result.row()
+        if status == "ok":
+            counted = f"{total} emitters, {mean} per frame" if total else "none counted"
+            print(
+                f"{path}: {frames} frames, {counted}"
+                + (f", flags {flags}" if flags else "")
+                + f" ({seconds} s)"
+            )
+    failed = [r for r in results if not r.ok]
+    for result in failed:
+        where = "" if result.error.startswith(str(result.path)) else f"{result.path}: "
+        print(f"defcon predict: error: {where}{result.error}", file=sys.stderr)
+    print(f"summary: {summary}")
+    if failed:
+        raise StacksFailedError(
+            f"{len(failed)} of {len(results)} stacks failed (listed above and in {summary})"
+        )
 
 
 def _print_counts(stack_path, result, args):

@@ -86,5 +86,13 @@ class CalibrationError(DefconError, ValueError):
     """A stack from which the imaging conditions cannot be estimated (too few spots, no frames)."""
 
 
+class CounterClosedError(DefconError, RuntimeError):
+    """A frame was submitted to a live counter that is closed or stopped (:mod:`defcon.live`)."""
+
+
+class StacksFailedError(DefconError, RuntimeError):
+    """Some stacks of a many-stack run could not be counted (:mod:`defcon.distributed`)."""
+
+
 class GroundTruthWarning(UserWarning):
     """Ground truth was usable but something was left out (e.g. emitters outside the frame)."""
