@@ -1,20 +1,30 @@
 """Calibrate to a microscope: estimate imaging conditions from a real stack.
 
 :func:`calibrate` reads a stack in chunks, leaves out bad frames (all-zero or
-saturated), and measures, on an evenly spaced sample of the good frames
-(at most :data:`SAMPLE_PIXELS` pixels):
+saturated), and measures, on a sample of the good frames (pairs of consecutive
+frames, evenly spaced, at most :data:`SAMPLE_PIXELS` pixels):
 
 - **PSF width and photons per spot**: isolated spots are fitted one by one
   (batched Levenberg-Marquardt) with a pixel-integrated Gaussian on a flat
-  local background; the median fitted sigma is the PSF width.
-- **gain** (photon transfer): within a fitted spot window, the residual
-  variance at a pixel is ``F² g (mu - offset) + read²`` (ADU²) where ``mu``
-  is the model value, ``g`` the ADU per photoelectron and ``F²`` the excess
-  noise factor (2 for EMCCD, else 1). Residuals binned by ``mu`` span the
-  background to the spot peaks; a weighted line through them gives ``F² g``.
-- **offset**: the mean of dark frames when given, else from the line's
-  intercept with a typical read noise of the camera kind (:data:`READ_NOISE_E`).
-- **background**: the per-pixel mean of the sample's frames outside spots.
+  local background; the PSF width is the in-focus width of the fitted widths.
+- **gain** (photon transfer): the variance of a pixel is
+  ``F² g (mu - offset) + read²`` (ADU²) where ``mu`` is its mean, ``g`` the
+  ADU per photoelectron and ``F²`` the excess noise factor (2 for EMCCD, else
+  1). The background gives it without any model: per pixel, the mean and half
+  the mean squared difference of consecutive frames (blind to drift), over the
+  frames where the pixel is far from any spot. With dark frames (per-pixel
+  offset and read variance known) that is a ratio of sums over pixels; without
+  them, pixels binned by mean (gradients, haze) give points of a line. Spot-fit
+  residuals binned by model value give points from the background up to the spot
+  peaks; they count with a systematic floor (:data:`SPOT_SYSTEMATIC`), since
+  anything the spot model does not explain (neighbours, sCMOS pixel gain) adds
+  variance.
+- **offset**: the per-pixel mean of dark frames when given; else the mean
+  background less the background in photoelectrons, which the third central
+  moment of the background fluctuations gives (shot noise is skewed, read noise
+  is not), weighed with the line's intercept and a typical read noise of the
+  camera kind (:data:`READ_NOISE_E`).
+- **background**: the mean over pixels of the background (frames outside spots).
 - **density**: spots detected per frame (a rough count: crowded spots merge).
 
 Photons are *detected* photoelectrons (quantum efficiency included): the
@@ -49,13 +59,20 @@ TRUSTED_SPOTS, TRUSTED_SNR = 100, 5.0
 #: Bit depths told apart; the smallest holding the brightest pixel is reported
 #: (a camera that never saturated may have more bits).
 BIT_DEPTHS = (12, 14, 16)
-#: Typical read noise (electrons rms) per camera kind, used for the offset
-#: without dark frames; EMCCD read noise divided by the EM gain is negligible.
-READ_NOISE_E = {"ccd": 8.0, "scmos": 1.6, "emccd": 0.0}
+#: Typical read noise (electrons rms, referred to the photoelectrons: after the
+#: EM gain on EMCCD) per camera kind and its spread (of the variance, e²), used
+#: for the offset without dark frames.
+READ_NOISE_E = {"ccd": 8.0, "scmos": 1.6, "emccd": 0.5}
+READ_VARIANCE_SPREAD_E2 = {"ccd": 50.0, "scmos": 2.0, "emccd": 2.0}
 #: Excess noise factor squared of the EM register.
 EXCESS_NOISE = {"ccd": 1.0, "scmos": 1.0, "emccd": 2.0}
-#: Fitted spots wider or narrower than the median by more than this fraction are
-#: left out (unresolved pairs, misfits).
+#: Third cumulant of the ADU per photoelectron, in units of ``g³``: 1 for
+#: Poisson electrons, 6 for an EM register (exponential output per electron).
+SKEW_FACTOR = {"ccd": 1.0, "scmos": 1.0, "emccd": 6.0}
+#: Relative systematic error of the spot-residual variances (model misfits).
+SPOT_SYSTEMATIC = 0.05
+#: Fitted spots wider or narrower than the in-focus width by more than this
+#: fraction are left out (unresolved pairs, misfits, far out of focus).
 WIDTH_TOLERANCE = 0.3
 #: Detection threshold, in noise standard deviations of the smoothed frame.
 DETECT_Z = 5.0
@@ -78,7 +95,7 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
         else 100 nm (``pixel_size_source`` says which).
     dark : str, Path or ndarray of shape (m, H, W), optional
         Dark frames (shutter closed) of the same camera settings: they give
-        the offset and the read noise.
+        the offset and the read noise (per pixel).
     camera : {'ccd', 'emccd', 'scmos'}
         Camera kind: EMCCD doubles the shot-noise variance (excess noise).
     seed : int
@@ -88,15 +105,17 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
     -------
     dict
         JSON-serialisable: frame size, ``bit_depth``, ``bad_frames`` (0-based),
-        ``pixel_size_nm``, ``offset_adu``, ``adu_per_electron``,
+        ``pixel_size_nm``, ``offset_adu``, ``adu_per_electron`` (and
+        ``gain_sources``: the estimates combined, with their standard errors),
         ``read_noise_adu``, ``background_electrons``, ``psf_sigma_px`` (and its
         spread), ``photons_median``, ``photons_full_frame`` (the most common
         brightness: an emitter on for the whole exposure) and
-        ``photons_log_spread`` (detected photoelectrons per spot), ``emitters_per_frame`` (5th, 95th
-        percentiles per 64 x 64 pixels), ``n_spots``, ``peak_snr``, ``warnings``
-        (a list of str: few spots, dim spots) and ``conditions``: the
-        :func:`defcon.simulate.simulate` keywords of a stack like this one.
-        Private arrays for :func:`write_report` are under ``"_arrays"``.
+        ``photons_log_spread`` (detected photoelectrons per spot),
+        ``emitters_per_frame`` (5th, 95th percentiles per 64 x 64 pixels),
+        ``n_spots``, ``peak_snr``, ``warnings`` (a list of str: few spots, dim
+        spots) and ``conditions``: the :func:`defcon.simulate.simulate`
+        keywords of a stack like this one. Private arrays for
+        :func:`write_report` are under ``"_arrays"``.
 
     Raises
     ------
@@ -106,37 +125,36 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
     if camera not in CAMERAS:
         raise ParameterError(f"camera: expected one of {CAMERAS}, got {camera!r}")
     name = str(stack) if isinstance(stack, (str, Path)) else "array"
-    frames, info = _sample(stack, name)
-    offset_known, read_var = None, None
+    frames, pairs, info = _sample(stack, name)
+    dark_maps = None
     if dark is not None:
-        dark_frames, _ = _sample(dark, str(dark) if isinstance(dark, (str, Path)) else "dark")
-        offset_known = float(np.mean(dark_frames))
-        # Temporal variance per pixel: blind to a fixed offset pattern (sCMOS).
-        read_var = float(np.median(dark_frames.var(axis=0))) if len(dark_frames) > 1 else None
+        dark_name = str(dark) if isinstance(dark, (str, Path)) else "dark"
+        dark_maps = _dark_maps(*_sample(dark, dark_name)[:2])
     sigma0, _ = estimate_psf_sigma(frames)
     sigma0 = 1.5 if not math.isfinite(sigma0) else float(np.clip(sigma0, 0.6, 4.0))
-    background, frames, counts, spots = _spots(frames, sigma0)
+    background, flat, counts, spots, quiet = _spots(frames, sigma0)
     if len(spots) < MIN_SPOTS:
         raise CalibrationError(
             f"{name}: only {len(spots)} isolated spots found (need {MIN_SPOTS}); "
             "cannot fit the PSF width and photons (too dim, too crowded or too few frames?)"
         )
-    params, mu, resid2, ok = _fit_spots(frames, spots, sigma0)
-    # Unresolved pairs read wide (and doubly bright): kept out with other misfits.
+    stats = _temporal(frames, pairs, quiet)
+    del frames, quiet
+    params, mu, resid2, ok = _fit_spots(flat, spots, sigma0)
+    del flat
     if ok.any():
-        ok &= np.abs(params[:, 2] / np.median(params[ok, 2]) - 1) < WIDTH_TOLERANCE
+        ok &= np.abs(params[:, 2] / _in_focus(params[ok, 2]) - 1) < WIDTH_TOLERANCE
     params, mu, resid2 = params[ok], mu[ok], resid2[ok]
     # Spots whose residuals exceed the noise model (4 standard deviations of
-    # their mean chi²) are misfits: the line is fitted again without them. When
-    # that would leave out most spots (noise not Gaussian, pixel-to-pixel gain
-    # maps), 4 robust standard deviations of the spots' own ratios instead.
+    # their mean chi²) are misfits (neighbours): the gain is estimated again
+    # without them. When that would leave out most spots (noise not Gaussian),
+    # 4 robust standard deviations of the spots' own ratios instead.
     good = np.ones(len(params), bool)
     for _ in range(3):
         if np.count_nonzero(good) < MIN_SPOTS:
             break
-        slope, offset, read_var = _photon_transfer(
-            mu[good], resid2[good], offset_known, read_var, camera
-        )
+        noise = _noise_model(mu[good], resid2[good], stats, dark_maps, camera)
+        slope, offset, read_var = noise["slope"], noise["offset"], noise["read_var"]
         ratio = resid2.mean(axis=1) / np.maximum(slope * (mu - offset) + read_var, 1e-12).mean(1)
         good = ratio < 1 + 4 * math.sqrt(2 / mu.shape[1])
         if np.count_nonzero(good) < len(good) / 2:
@@ -151,7 +169,8 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
     params = params[good]
     gain = slope / EXCESS_NOISE[camera]  # ADU per photoelectron
     sigmas, photons = params[:, 2], params[:, 3] / gain
-    bg_electrons = max((float(np.median(background)) - offset) / gain, 0.0)
+    background_adu = _mean_background(background, stats)
+    bg_electrons = max((background_adu - offset) / gain, 0.0)
     per_frame = counts * FRAME_PX / (info["height"] * info["width"])
     pixel_nm, source = _pixel_size(stack, pixel_size_nm)
     result = {
@@ -160,12 +179,13 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
         "pixel_size_nm": pixel_nm,
         "pixel_size_source": source,
         "offset_adu": offset,
-        "offset_source": "dark frames" if offset_known is not None else "assumed read noise",
+        "offset_source": "noise skew, assumed read noise" if dark_maps is None else "dark frames",
         "adu_per_electron": gain,
+        "gain_sources": noise["sources"],
         "read_noise_adu": math.sqrt(max(read_var, 0.0)),
-        "background_adu": float(np.median(background)),
+        "background_adu": background_adu,
         "background_electrons": bg_electrons,
-        "psf_sigma_px": float(np.median(sigmas)),
+        "psf_sigma_px": _in_focus(sigmas),
         "psf_sigma_iqr_px": [float(q) for q in np.percentile(sigmas, [25, 75])],
         "photons_median": float(np.median(photons)),
         "photons_full_frame": _mode(photons),
@@ -192,6 +212,18 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
     return result
 
 
+def _in_focus(sigmas):
+    """In-focus PSF width from fitted spot widths (n,), pixels: their most common value.
+
+    Out-of-focus spots are wider, never narrower, so the widths pile up at the
+    in-focus width with a tail above: the mode, not the median.
+    """
+    if len(sigmas) < 2 or np.ptp(sigmas) == 0:
+        return float(np.median(sigmas))
+    grid = np.linspace(sigmas.min(), sigmas.max(), 512)
+    return float(grid[np.argmax(gaussian_kde(sigmas)(grid))])
+
+
 def _mode(photons):
     """Most common photons per spot (log-scale kernel density peak), photoelectrons.
 
@@ -206,7 +238,12 @@ def _mode(photons):
 
 
 def _sample(stack, name):
-    """Good frames (float32, evenly spaced, within :data:`SAMPLE_PIXELS`) and stack facts."""
+    """Good frames (k, H, W) float32, consecutive pairs among them (m, 2) and stack facts.
+
+    Frames come in pairs of consecutive good frames, evenly spaced, within
+    :data:`SAMPLE_PIXELS` (all good frames when they fit); ``pairs`` holds
+    indices into the sample of frames that follow each other in the stack.
+    """
     if isinstance(stack, (str, Path)):
         with TiffStack(stack) as tif:
             return _sample_chunks(tif.shape, tif.dtype, tif.chunks, name)
@@ -232,30 +269,50 @@ def _sample_chunks(shape, dtype, chunks, name):
     if dtype.kind == "f" or bits is None:
         bits = None
     saturation = 2**bits - 1 if bits else math.inf
-    bad, keep = [], []
     want = max(2, SAMPLE_PIXELS // (h * w))
-    for start, frames in chunks(chunk):  # pass 2: bad frames out, a sample kept
-        for i, frame in enumerate(frames):
+    wanted = np.ones(n, bool)
+    if n > want:
+        wanted[:] = False
+        starts = np.linspace(0, n - 2, want // 2).round().astype(int)
+        wanted[starts] = wanted[starts + 1] = True
+    bad, kept, keep = [], [], []
+    for start, frames in chunks(chunk):  # pass 2: bad frames out, the sample kept
+        for i, frame in enumerate(frames, start):
             saturated = np.count_nonzero(frame >= saturation) > SATURATED_FRACTION * h * w
             if not frame.any() or saturated:
-                bad.append(start + i)
-            else:
+                bad.append(i)
+            elif wanted[i]:
+                kept.append(i)
                 keep.append(frame.astype(np.float32))
-        if len(keep) > 2 * want:  # thin out to every other kept frame, evenly
-            keep = keep[::2]
     if not keep:
         raise CalibrationError(f"{name}: no usable frames (all are empty or saturated)")
-    step = max(1, math.ceil(len(keep) / want))
+    follows = np.flatnonzero(np.diff(kept) == 1)
     info = {"frames": n, "height": h, "width": w, "bit_depth": bits, "bad_frames": bad}
-    return np.stack(keep[::step]), info
+    return np.stack(keep), np.column_stack([follows, follows + 1]), info
+
+
+def _dark_maps(frames, pairs):
+    """Offset (H, W) and read variance (H, W) per pixel of dark frames (k, H, W), ADU.
+
+    The variance is half the mean squared difference of consecutive frames
+    (blind to drift and to the fixed pattern); None with a single dark frame.
+    """
+    offset = frames.mean(axis=0, dtype=float)
+    if len(pairs):
+        diff = frames[pairs[:, 0]] - frames[pairs[:, 1]]
+        return {"offset": offset, "read_var": (diff.astype(float) ** 2).mean(axis=0) / 2}
+    if len(frames) > 1:
+        return {"offset": offset, "read_var": frames.var(axis=0, ddof=1, dtype=float)}
+    return {"offset": offset, "read_var": None}
 
 
 def _spots(frames, sigma):
-    """Background map (H, W), frames less fixed pattern, spots per frame and isolated spots.
+    """Background map, frames less fixed pattern, spots per frame, isolated spots, quiet pixels.
 
     Returns ``background`` (H, W) ADU, ``frames`` (k, H, W) with the
-    pixel-to-pixel offset pattern removed, ``counts`` (k,) spots per frame and
-    ``spots`` (n, 3) int: frame, row, column of isolated spots.
+    pixel-to-pixel offset pattern removed (a new array), ``counts`` (k,) spots
+    per frame, ``spots`` (n, 3) int: frame, row, column of isolated spots, and
+    ``quiet`` (k, H, W) bool: pixels far from any spot (faint ones included).
     """
     median = np.median(frames, axis=0)
     smooth = ndimage.gaussian_filter(frames - median, (0, sigma, sigma))
@@ -270,7 +327,7 @@ def _spots(frames, sigma):
     # Fixed pattern (sCMOS offsets) less its smooth part: removed before fitting,
     # except where spots sit in most frames (fiducials: no background seen there).
     pattern = background - ndimage.gaussian_filter(background, 5.0)
-    frames = frames - np.where(n_out >= len(frames) / 2, pattern, 0.0).astype(np.float32)
+    flat = frames - np.where(n_out >= len(frames) / 2, pattern, 0.0).astype(np.float32)
     f, r, c = np.nonzero(peaks)
     counts = np.bincount(f, minlength=len(frames))
     half = int(math.ceil(3 * sigma))
@@ -285,7 +342,23 @@ def _spots(frames, sigma):
     often = ndimage.maximum_filter(peaks.sum(axis=0), 3) > len(frames) / 4
     keep = alone & inside & ~often[r, c]
     spots = np.column_stack([f, r, c])[keep]
-    return background, frames, counts, spots[:: max(1, math.ceil(len(spots) / MAX_SPOTS))]
+    quiet = _quiet(frames, sigma)
+    return background, flat, counts, spots[:: max(1, math.ceil(len(spots) / MAX_SPOTS))], quiet
+
+
+def _quiet(frames, sigma, z=3.0):
+    """Pixels far from any spot, faint ones included: (k, H, W) bool.
+
+    Spots are local maxima of the smoothed frames ``z`` noise standard
+    deviations above the background. Both come per pixel from the low
+    percentiles over time (5th and 20th), which stay background where spots
+    sit in most frames (crowded stacks, clusters).
+    """
+    smooth = ndimage.gaussian_filter(frames, (0, sigma, sigma))
+    low, high = np.percentile(smooth, [5, 20], axis=0)
+    noise = np.maximum((high - low) / (1.645 - 0.842), 1e-6)
+    level = high + 0.842 * noise
+    return ~ndimage.binary_dilation(smooth > level + z * noise, _disc(3 * sigma + 1)[None])
 
 
 def _disc(radius):
@@ -390,16 +463,118 @@ def _fit_spots(frames, spots, sigma0, iterations=30):
     return p, mu, resid2, ok
 
 
-def _photon_transfer(mu, resid2, offset, read_var, camera, n_bins=24):
-    """``(slope, offset, read variance)`` of ``var = slope (mu - offset) + read_var`` (ADU).
+def _temporal(frames, pairs, quiet):
+    """Per-pixel temporal statistics of the background, where it is far from spots.
 
-    Residuals are binned by model value (quantiles); each bin's mean (4-sigma
-    clipped) is one point of a weighted line fit.
+    Parameters
+    ----------
+    frames : ndarray of shape (k, H, W)
+    pairs : ndarray of shape (m, 2)
+        Indices of consecutive frames.
+    quiet : ndarray of shape (k, H, W), bool
+
+    Returns
+    -------
+    dict
+        ``pairs`` (H, W): pairs where the pixel is quiet in both frames;
+        ``mean`` (H, W) ADU over the frames of those pairs; ``var`` (H, W)
+        ADU², half their mean squared difference; ``skew`` (H, W) ADU³, the
+        third central moment over those frames.
+    """
+    h, w = frames.shape[1:]
+    n = np.zeros((h, w))
+    var = np.zeros((h, w))
+    used = np.zeros(frames.shape, bool)
+    for lo in range(0, len(pairs), 256):
+        a, b = pairs[lo : lo + 256].T
+        both = quiet[a] & quiet[b]
+        n += both.sum(axis=0)
+        var += np.where(both, (frames[a] - frames[b]).astype(float) ** 2, 0.0).sum(axis=0)
+        used[a] |= both
+        used[b] |= both
+    count = np.maximum(used.sum(axis=0), 1)
+    mean = np.where(used, frames, 0.0).sum(axis=0, dtype=float) / count
+    skew = np.zeros((h, w))
+    for lo in range(0, len(frames), 256):
+        part = frames[lo : lo + 256] - mean
+        skew += np.where(used[lo : lo + 256], part**3, 0.0).sum(axis=0)
+    return {"pairs": n, "mean": mean, "var": var / np.maximum(2 * n, 1), "skew": skew / count}
+
+
+def _mean_background(background, stats):
+    """Mean background over the frame (ADU): the temporal mean, else ``background``."""
+    return float(np.where(stats["pairs"] > 0, stats["mean"], background).mean())
+
+
+def _noise_model(mu, resid2, stats, dark_maps, camera):
+    """Photon transfer: ``var = slope (mu - offset) + read_var`` (ADU) from background and spots.
+
+    Parameters
+    ----------
+    mu, resid2 : ndarray of shape (n, m)
+        Model values and squared residuals (ADU²) of fitted spots.
+    stats : dict
+        Temporal background statistics (:func:`_temporal`).
+    dark_maps : dict or None
+        Per-pixel offset and read variance (:func:`_dark_maps`).
+    camera : str
+
+    Returns
+    -------
+    dict
+        ``slope`` (F² g), ``offset``, ``read_var`` and ``sources``: for each
+        estimate of the gain combined, ``[ADU per photoelectron, standard error]``.
+    """
+    excess = EXCESS_NOISE[camera]
+    quiet = stats["pairs"] >= max(4.0, 0.1 * stats["pairs"].max())
+    x, v, v_var = _spot_points(mu, resid2)
+    v_var = _checked_against_background(x, v, v_var, stats, quiet)
+    if dark_maps is not None and dark_maps["read_var"] is not None:
+        offset = float(dark_maps["offset"].mean())
+        read_var = float(dark_maps["read_var"].mean())
+        estimates = {
+            "background": _dark_slope(stats, quiet, dark_maps),
+            "spots": _slope_through(x - offset, v - read_var, v_var),
+        }
+        slope, se = _combine(estimates.values())
+    else:
+        bx, bv, bv_var = _background_points(stats, quiet)
+        # The background bins share one systematic error of their level
+        # (emitter light left in): correlated, it tilts no line through them.
+        shared = SPOT_SYSTEMATIC * np.concatenate([bv, np.zeros_like(v)])
+        covariance = np.diag(np.concatenate([bv_var, v_var])) + np.outer(shared, shared)
+        points = np.concatenate([bx, x]), np.concatenate([bv, v])
+        (slope, intercept), cov = _line(*points, covariance)
+        se = math.sqrt(cov[0, 0])
+        estimates = {"background and spots": (slope, se)}
+        slope = max(slope, 1e-9)
+        if dark_maps is not None:
+            offset = float(dark_maps["offset"].mean())
+        else:
+            offset = _offset(stats, quiet, slope, intercept, cov, camera)
+        read_var = intercept + slope * offset
+    sources = {k: [float(s / excess), float(e / excess)] for k, (s, e) in estimates.items()}
+    return {"slope": max(slope, 1e-9), "offset": offset, "read_var": read_var, "sources": sources}
+
+
+def _combine(estimates):
+    """Inverse-variance mean ``(value, standard error)`` of ``(value, standard error)`` pairs."""
+    values, errors = np.array([e for e in estimates if np.isfinite(e[1]) and e[1] > 0]).T
+    weights = errors**-2.0
+    return float((weights * values).sum() / weights.sum()), float(weights.sum() ** -0.5)
+
+
+def _spot_points(mu, resid2, n_bins=24):
+    """Photon-transfer points of spot-fit residuals binned by model value (quantiles).
+
+    Returns the bins' mean model value (b,) and mean squared residual (b,)
+    (4-sigma clipped: misfits out), ADU and ADU², and the variance of each
+    mean (b,): its statistical variance plus :data:`SPOT_SYSTEMATIC`.
     """
     mu, resid2 = mu.ravel(), resid2.ravel()
     edges = np.unique(np.quantile(mu, np.linspace(0, 1, n_bins + 1)))
     which = np.clip(np.searchsorted(edges, mu, side="right") - 1, 0, len(edges) - 2)
-    xs, vs, ws = [], [], []
+    xs, vs, var = [], [], []
     for k in range(len(edges) - 1):
         r = resid2[which == k]
         if r.size < 20:
@@ -407,20 +582,114 @@ def _photon_transfer(mu, resid2, offset, read_var, camera, n_bins=24):
         r = r[r < 16 * np.median(r) / 0.4549]  # beyond 4 sigma of a Gaussian: misfits
         xs.append(mu[which == k].mean())
         vs.append(r.mean())
-        ws.append(r.size / max(r.mean(), 1e-12) ** 2)  # 1 / variance of a mean of chi²
-    xs, vs, ws = np.array(xs), np.array(vs), np.array(ws)
-    design = np.column_stack([xs, np.ones_like(xs)])
-    sw = np.sqrt(ws)
-    slope, intercept = np.linalg.lstsq(design * sw[:, None], vs * sw, rcond=None)[0]
-    slope = float(max(slope, 1e-9))
-    if offset is None:
-        # intercept = read_var - slope * offset, read noise assumed typical of the camera.
-        gain = slope / EXCESS_NOISE[camera]
-        read_var = (READ_NOISE_E[camera] * gain) ** 2
-        offset = (read_var - intercept) / slope
-    elif read_var is None:
-        read_var = intercept + slope * offset
-    return slope, float(offset), float(read_var)
+        var.append(r.mean() ** 2 * (2 / r.size + SPOT_SYSTEMATIC**2))
+    return np.array(xs), np.array(vs), np.maximum(np.array(var), 1e-12)
+
+
+def _checked_against_background(x, v, v_var, stats, quiet):
+    """Spot points' variances (b,), raised by how far their lowest bins miss the background's.
+
+    Near the background level, spot residuals should have the background's
+    temporal variance; when they have more (neighbours, misfits in crowded
+    frames), every spot point is trusted that much less.
+    """
+    if not quiet.any():
+        return v_var
+    level, variance = stats["mean"][quiet].mean(), stats["var"][quiet].mean()
+    low = np.argsort(np.abs(x - level))[:3]
+    miss = abs(float(np.median(v[low])) / max(variance, 1e-12) - 1)
+    return v_var + (miss * v) ** 2
+
+
+def _background_points(stats, quiet, n_bins=8):
+    """Photon-transfer points of background pixels binned by their (smoothed) mean.
+
+    Binning by the mean smoothed over neighbours keeps a pixel's own noise
+    (and sCMOS offset) out of its bin. Returns the bins' mean (b,) ADU, mean
+    variance (b,) ADU² and the variance of that mean (b,).
+    """
+    weight = ndimage.gaussian_filter(quiet.astype(float), 2.0)
+    level = ndimage.gaussian_filter(np.where(quiet, stats["mean"], 0.0), 2.0)
+    level = (level / np.maximum(weight, 1e-12))[quiet]
+    means, variances = stats["mean"][quiet], stats["var"][quiet]
+    edges = np.unique(np.quantile(level, np.linspace(0, 1, n_bins + 1)))
+    which = np.clip(np.searchsorted(edges, level, side="right") - 1, 0, len(edges) - 2)
+    xs, vs, var = [], [], []
+    for k in range(len(edges) - 1):
+        inside = which == k
+        if np.count_nonzero(inside) < 20:
+            continue
+        xs.append(means[inside].mean())
+        vs.append(variances[inside].mean())
+        var.append(variances[inside].var() / np.count_nonzero(inside))
+    return np.array(xs), np.array(vs), np.maximum(np.array(var), 1e-12)
+
+
+def _line(x, v, covariance):
+    """Line ``v = slope x + intercept`` by generalised least squares.
+
+    ``covariance`` (b, b) of the points ``v`` (b,). Returns ``(slope,
+    intercept)`` and their covariance (2, 2), scaled up by the reduced chi²
+    when the points scatter more than ``covariance`` says.
+    """
+    inverse = np.linalg.inv(covariance)
+    design = np.column_stack([x, np.ones_like(x)])
+    normal = design.T @ inverse @ design
+    coef = np.linalg.solve(normal, design.T @ inverse @ v)
+    resid = v - design @ coef
+    chi2 = float(resid @ inverse @ resid) / max(len(x) - 2, 1)
+    return coef, np.linalg.inv(normal) * max(chi2, 1.0)
+
+
+def _slope_through(x, v, v_var):
+    """Weighted slope ``(value, standard error)`` of ``v = slope x`` (a line through 0)."""
+    weights = 1.0 / v_var
+    sxx = float((weights * x * x).sum())
+    slope = float((weights * x * v).sum()) / sxx
+    chi2 = float((weights * (v - slope * x) ** 2).sum()) / max(len(x) - 1, 1)
+    return slope, math.sqrt(max(chi2, 1.0) / sxx)
+
+
+def _dark_slope(stats, quiet, dark_maps, n_groups=16):
+    """Photon-transfer slope ``(value, standard error)`` of background pixels with dark maps.
+
+    The ratio of the sums over quiet pixels of ``var - read_var`` and of
+    ``mean - offset`` (per pixel: blind to sCMOS offset and read-noise maps);
+    its standard error from the spread of the ratio over interleaved groups of pixels.
+    """
+    excess = (stats["var"] - dark_maps["read_var"])[quiet]
+    signal = (stats["mean"] - dark_maps["offset"])[quiet]
+    if signal.size < 20 * n_groups or signal.sum() <= 0:
+        return 0.0, math.inf
+    group = np.arange(signal.size) % n_groups
+    sums = np.array([[excess[group == k].sum(), signal[group == k].sum()] for k in range(n_groups)])
+    ratios = sums[:, 0] / np.where(sums[:, 1] > 0, sums[:, 1], np.nan)
+    se = np.nanstd(ratios, ddof=1) / math.sqrt(n_groups)
+    return float(excess.sum() / signal.sum()), float(se) if np.isfinite(se) else math.inf
+
+
+def _offset(stats, quiet, slope, intercept, cov, camera):
+    """Offset (ADU) without dark frames: two estimates weighed by their standard errors.
+
+    The skew of the background fluctuations (third central moment ``K g³ B``
+    for ``B`` photoelectrons; read noise adds none) gives the background in
+    photoelectrons, and the offset is the mean less ``g B``. The line's
+    intercept ``read_var - slope offset`` gives it with a typical read noise.
+    """
+    gain = slope / EXCESS_NOISE[camera]
+    skew, means = stats["skew"][quiet], stats["mean"][quiet]
+    estimates = []
+    if skew.size > 1:
+        per_skew = 1.0 / (SKEW_FACTOR[camera] * gain**2)  # ADU of offset per ADU³ of skew
+        value = float(means.mean() - skew.mean() * per_skew)
+        # The skew's own scatter, and the gain's error (the offset moves as 1 / g²).
+        se_gain = 2 * abs(skew.mean()) * per_skew * math.sqrt(cov[0, 0]) / slope
+        se_skew = skew.std() / math.sqrt(skew.size) * per_skew
+        estimates.append((value, float(math.hypot(se_skew, se_gain))))
+    read_var = (READ_NOISE_E[camera] * gain) ** 2
+    spread = READ_VARIANCE_SPREAD_E2[camera] * gain**2
+    estimates.append(((read_var - intercept) / slope, math.sqrt(spread**2 + cov[1, 1]) / slope))
+    return _combine(estimates)[0]
 
 
 def _pixel_size(stack, given):
@@ -486,7 +755,8 @@ def _conditions(cal, seed):
         "camera_pixel_nm": cal["pixel_size_nm"] * 100.0,
         "magnification": 100.0,
         "photon_rate": cal["photons_full_frame"],
-        "photon_spread": 0.0,
+        # Partly-on emitters widen the measured spread: at most the training range's.
+        "photon_spread": min(cal["photons_log_spread"], C.TRAINING_RANGES["photon_spread"][1]),
         "background": cal["background_electrons"],
         "background_gradient": 0.0,
         "background_haze": 0.0,
