@@ -32,6 +32,7 @@ conditions for :func:`defcon.simulate.simulate` set ``quantum_efficiency=1``.
 """
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,8 @@ MIN_SPOTS = 20
 #: :func:`defcon.conditions.peak_snr`), the result carries a warning: the gain
 #: (and with it photons and background) is poorly constrained (docs/performance.md).
 TRUSTED_SPOTS, TRUSTED_SNR = 100, 5.0
+#: Above this relative standard error of the gain, the result carries a warning.
+TRUSTED_GAIN_ERROR = 0.1
 #: Bit depths told apart; the smallest holding the brightest pixel is reported
 #: (a camera that never saturated may have more bits).
 BIT_DEPTHS = (12, 14, 16)
@@ -76,6 +79,8 @@ SPOT_SYSTEMATIC = 0.05
 WIDTH_TOLERANCE = 0.3
 #: Detection threshold, in noise standard deviations of the smoothed frame.
 DETECT_Z = 5.0
+#: Pairs of consecutive sparse frames needed to measure the background noise from them alone.
+MIN_PAIRS = 16
 #: Frames with more than this fraction of pixels at the saturation level are bad.
 SATURATED_FRACTION = 1e-3
 #: Relative spread (log standard deviation) of the conditions ``simulate --like``
@@ -138,7 +143,7 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
             f"{name}: only {len(spots)} isolated spots found (need {MIN_SPOTS}); "
             "cannot fit the PSF width and photons (too dim, too crowded or too few frames?)"
         )
-    stats = _temporal(frames, pairs, quiet)
+    stats = _temporal(frames, _sparse_pairs(pairs, counts), quiet)
     del frames, quiet
     params, mu, resid2, ok = _fit_spots(flat, spots, sigma0)
     del flat
@@ -165,6 +170,12 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
             f"{name}: only {np.count_nonzero(good)} of {len(spots)} isolated spots fit a "
             f"Gaussian spot within the noise (need {MIN_SPOTS}); cannot fit the PSF width "
             "and photons"
+        )
+    if not slope > 1e-9 or offset < 0:
+        raise CalibrationError(
+            f"{name}: the noise does not grow with the signal as a camera's does (photon-transfer "
+            f"slope {slope:.3g} ADU, offset {offset:.1f} ADU): record dark frames with the same "
+            "camera settings and pass them with --dark"
         )
     params = params[good]
     gain = slope / EXCESS_NOISE[camera]  # ADU per photoelectron
@@ -204,6 +215,11 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
         for bad, text in (
             (result["n_spots"] < TRUSTED_SPOTS, f"only {result['n_spots']} spots fitted"),
             (result["peak_snr"] < TRUSTED_SNR, f"dim spots (peak SNR {result['peak_snr']:.1f})"),
+            (
+                noise["error"] > TRUSTED_GAIN_ERROR * slope,
+                f"gain uncertain (standard error {100 * noise['error'] / slope:.0f} %): "
+                "dark frames (--dark) pin the offset and read noise",
+            ),
         )
         if bad
     ]
@@ -315,8 +331,14 @@ def _spots(frames, sigma):
     ``quiet`` (k, H, W) bool: pixels far from any spot (faint ones included).
     """
     median = np.median(frames, axis=0)
-    smooth = ndimage.gaussian_filter(frames - median, (0, sigma, sigma))
-    noise = 1.4826 * np.median(np.abs(smooth - np.median(smooth)))
+    # Spots stand out of a difference of Gaussians whatever the background does
+    # (ramps of density, gradients, bleaching). Its noise is that of the sparsest
+    # frames: in crowded ones, overlapping spots would raise the threshold.
+    smooth = ndimage.gaussian_filter(frames, (0, sigma, sigma))
+    smooth -= ndimage.gaussian_filter(frames, (0, 3 * sigma, 3 * sigma))
+    centred = smooth - np.median(smooth, axis=(1, 2), keepdims=True)
+    per_frame = 1.4826 * np.median(np.abs(centred), axis=(1, 2))
+    noise = float(np.percentile(per_frame, 10))
     peaks = (smooth == ndimage.maximum_filter(smooth, (1, 5, 5))) & (smooth > DETECT_Z * noise)
     # Background: the mean outside spots (a disc of 3 sigma around every peak).
     near = ndimage.binary_dilation(peaks, _disc(3 * sigma)[None])
@@ -342,7 +364,9 @@ def _spots(frames, sigma):
     often = ndimage.maximum_filter(peaks.sum(axis=0), 3) > len(frames) / 4
     keep = alone & inside & ~often[r, c]
     spots = np.column_stack([f, r, c])[keep]
-    quiet = _quiet(frames, sigma)
+    # Far from any spot: from the spots seen in the filtered frames, and from
+    # any pixel brighter than its usual background.
+    quiet = _quiet(frames, sigma) & ~ndimage.binary_dilation(faint, _disc(3 * sigma + 1)[None])
     return background, flat, counts, spots[:: max(1, math.ceil(len(spots) / MAX_SPOTS))], quiet
 
 
@@ -481,24 +505,39 @@ def _temporal(frames, pairs, quiet):
         ADU², half their mean squared difference; ``skew`` (H, W) ADU³, the
         third central moment over those frames.
     """
-    h, w = frames.shape[1:]
-    n = np.zeros((h, w))
-    var = np.zeros((h, w))
+    a, b = pairs.T
+    both = quiet[a] & quiet[b]
+    squares = np.where(both, (frames[a] - frames[b]).astype(float) ** 2, np.nan)
+    # Light of spots too faint to be seen still reaches some pairs: squares
+    # beyond 4 standard deviations of a Gaussian difference are left out.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # pixels never quiet: NaN
+        limit = 16 * np.nanmedian(squares, axis=0) / 0.4549
+    both &= ~(squares > limit)
+    n = both.sum(axis=0).astype(float)
+    var = np.where(both, squares, 0.0).sum(axis=0)
     used = np.zeros(frames.shape, bool)
-    for lo in range(0, len(pairs), 256):
-        a, b = pairs[lo : lo + 256].T
-        both = quiet[a] & quiet[b]
-        n += both.sum(axis=0)
-        var += np.where(both, (frames[a] - frames[b]).astype(float) ** 2, 0.0).sum(axis=0)
-        used[a] |= both
-        used[b] |= both
+    used[a] |= both
+    used[b] |= both
     count = np.maximum(used.sum(axis=0), 1)
     mean = np.where(used, frames, 0.0).sum(axis=0, dtype=float) / count
-    skew = np.zeros((h, w))
+    skew = np.zeros(frames.shape[1:])
     for lo in range(0, len(frames), 256):
         part = frames[lo : lo + 256] - mean
         skew += np.where(used[lo : lo + 256], part**3, 0.0).sum(axis=0)
     return {"pairs": n, "mean": mean, "var": var / np.maximum(2 * n, 1), "skew": skew / count}
+
+
+def _sparse_pairs(pairs, counts):
+    """The pairs (m, 2) of frames that both hold few spots (a quarter of the frames' counts).
+
+    Light of the spots around reaches every pixel of a crowded frame (wide
+    PSFs, clusters) and adds to its temporal variance; sparse frames show the
+    background alone. All pairs when too few are sparse.
+    """
+    sparse = counts <= np.percentile(counts, 25)
+    chosen = pairs[sparse[pairs].all(axis=1)]
+    return chosen if len(chosen) >= MIN_PAIRS else pairs
 
 
 def _mean_background(background, stats):
@@ -554,7 +593,7 @@ def _noise_model(mu, resid2, stats, dark_maps, camera):
             offset = _offset(stats, quiet, slope, intercept, cov, camera)
         read_var = intercept + slope * offset
     sources = {k: [float(s / excess), float(e / excess)] for k, (s, e) in estimates.items()}
-    return {"slope": max(slope, 1e-9), "offset": offset, "read_var": read_var, "sources": sources}
+    return {"slope": slope, "error": se, "offset": offset, "read_var": read_var, "sources": sources}
 
 
 def _combine(estimates):

@@ -95,7 +95,7 @@ def test_bad_frames_are_left_out():
 def test_too_few_spots_is_a_calibration_error():
     p = conditions("ccd", fluorophore_density=0.0, density_sweep=None)
     stack, _ = simulate_stack(20, H, W, seed=4, **p)
-    with pytest.raises(CalibrationError, match="array: only 0 isolated spots") as err:
+    with pytest.raises(CalibrationError, match="array: only [0-9] isolated spots") as err:
         K.calibrate(stack)
     assert isinstance(err.value, DefconError)
 
