@@ -11,9 +11,10 @@ of the frame), an EMCCD (EM gain 150, 12 e-/ADU, read noise 40 e-, offset 400
 ADU, gamma-distributed EM amplification) on a background of 30 photons/px.
 
 1. DIR/acquisition.tif: 1,000 frames of 96 x 128 px whose density ramps from
-   2 to 120 emitters per 64 x 64, as when the activation laser is raised.
+   2 to 120 emitters per 64 x 64, as when the activation laser is raised, and
+   DIR/dark.tif: 100 frames with the shutter closed.
 2. The recipe, each step a defcon command (wall times printed):
-   ``defcon calibrate acquisition.tif --camera emccd --pixel-size 40``,
+   ``defcon calibrate acquisition.tif --dark dark.tif --camera emccd --pixel-size 40``,
    ``defcon simulate --like calib.json --stacks S --frames F --training-set``,
    ``defcon train finetune.ini`` (configs/finetune.ini copied beside the set).
 3. Held-out test stacks (64 x 64, other seeds) at fixed densities are counted
@@ -101,6 +102,8 @@ def recipe(folder, stacks, frames):
     times["calibrate"] = defcon(
         "calibrate",
         "acquisition.tif",
+        "--dark",
+        "dark.tif",
         "--camera",
         "emccd",
         "--pixel-size",
@@ -156,6 +159,8 @@ def main():
     ramp = np.linspace(2, 120, 1000)
     stack, _ = render(ramp, 96, 128, seed=1)
     tifffile.imwrite(folder / "acquisition.tif", stack, imagej=True)
+    dark, _ = render(np.zeros(100), 96, 128, seed=2, m={**MICROSCOPE, "background": 0.0})
+    tifffile.imwrite(folder / "dark.tif", dark, imagej=True)
     if not args.skip_recipe:
         times = recipe(folder, args.stacks, args.frames)
         total = sum(times.values())

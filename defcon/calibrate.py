@@ -145,11 +145,11 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
         )
     stats = _temporal(frames, _sparse_pairs(pairs, counts), quiet)
     del frames, quiet
-    params, mu, resid2, ok = _fit_spots(flat, spots, sigma0)
+    params, mu, resid2, ok, data = _fit_spots(flat, spots, sigma0)
     del flat
     if ok.any():
         ok &= np.abs(params[:, 2] / _in_focus(params[ok, 2]) - 1) < WIDTH_TOLERANCE
-    params, mu, resid2 = params[ok], mu[ok], resid2[ok]
+    params, mu, resid2, data = params[ok], mu[ok], resid2[ok], data[ok]
     # Spots whose residuals exceed the noise model (4 standard deviations of
     # their mean chi²) are misfits (neighbours): the gain is estimated again
     # without them. When that would leave out most spots (noise not Gaussian),
@@ -224,7 +224,13 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
         if bad
     ]
     result["conditions"] = _conditions(result, seed)
-    result["_arrays"] = {"sigmas": sigmas, "photons": photons, "background": background}
+    result["_arrays"] = {
+        "sigmas": sigmas,
+        "photons": photons,
+        "background": background,
+        "transfer": _transfer_points(mu[good], resid2[good], stats),
+        "examples": _examples(data[good], mu[good], params[:, 3]),
+    }
     return result
 
 
@@ -432,8 +438,8 @@ def _fit_spots(frames, spots, sigma0, iterations=30):
 
     Returns ``params`` (n, 5) (x, y, sigma, amplitude, background; x and y
     relative to the window centre), model values and squared residuals
-    (n, m * m) corrected for the leverage of the 5 fitted parameters, and a mask (n,) of
-    converged fits of plausible width.
+    (n, m * m) corrected for the leverage of the 5 fitted parameters, a mask (n,) of
+    converged fits of plausible width, and the data (n, m * m).
     """
     half = int(math.ceil(3 * sigma0))
     grid = np.arange(-half, half + 1, dtype=float)
@@ -484,7 +490,7 @@ def _fit_spots(frames, spots, sigma0, iterations=30):
         & (p[:, 2] < half)
         & (p[:, 3] > 0)
     )
-    return p, mu, resid2, ok
+    return p, mu, resid2, ok, y
 
 
 def _temporal(frames, pairs, quiet):
@@ -853,30 +859,74 @@ def read_calibration(path):
     return calibration
 
 
+def _transfer_points(mu, resid2, stats):
+    """Photon-transfer points for the report: ``{'spots': (x, v), 'background': (x, v)}``."""
+    x, v, _ = _spot_points(mu, resid2)
+    quiet = stats["pairs"] >= 4
+    return {"spots": (x, v), "background": (stats["mean"][quiet], stats["var"][quiet])}
+
+
+def _examples(data, mu, amplitudes, n=4):
+    """Data and model windows (n, m, m) of spots at evenly spaced brightness ranks."""
+    side = int(round(math.sqrt(data.shape[1])))
+    order = np.argsort(amplitudes)
+    pick = order[np.linspace(0, len(order) - 1, min(n, len(order))).astype(int)]
+    return data[pick].reshape(-1, side, side), mu[pick].reshape(-1, side, side)
+
+
 def write_report(calibration, path):
-    """Write a one-page PNG: spot widths, photons per spot and the background map."""
+    """Write a one-page PNG: widths, photons, background, photon transfer and example fits."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    arrays = calibration["_arrays"]
-    fig = Figure(figsize=(11, 4), layout="constrained")
+    c, arrays = calibration, calibration["_arrays"]
+    fig = Figure(figsize=(12, 7.5), layout="constrained")
     FigureCanvasAgg(fig)
-    ax1, ax2, ax3 = fig.subplots(1, 3)
+    top, bottom = fig.subfigures(2, 1)
+    ax1, ax2, ax3 = top.subplots(1, 3)
     ax1.hist(arrays["sigmas"], bins=40, color="0.6")
-    ax1.axvline(calibration["psf_sigma_px"], color="C3")
+    ax1.axvline(c["psf_sigma_px"], color="C3")
     ax1.set(xlabel="fitted spot sigma (px)", ylabel="spots")
-    ax1.set_title(f"PSF sigma {calibration['psf_sigma_px']:.2f} px")
+    ax1.set_title(f"PSF sigma {c['psf_sigma_px']:.2f} px ({c['n_spots']} spots)")
     ax2.hist(np.log10(np.clip(arrays["photons"], 1, None)), bins=40, color="0.6")
-    ax2.axvline(math.log10(max(calibration["photons_median"], 1)), color="C0", label="median")
-    ax2.axvline(math.log10(max(calibration["photons_full_frame"], 1)), color="C3", label="peak")
-    ax2.legend()
+    ax2.axvline(math.log10(max(c["photons_median"], 1)), color="C0", label="median")
+    ax2.axvline(math.log10(max(c["photons_full_frame"], 1)), color="C3", label="most common")
+    ax2.legend(fontsize=8)
     ax2.set(xlabel="log10 photoelectrons per spot", ylabel="spots")
-    ax2.set_title(f"{calibration['photons_full_frame']:.0f} photons per spot (peak)")
+    ax2.set_title(f"{c['photons_full_frame']:.0f} photoelectrons per spot")
     image = ax3.imshow(arrays["background"], cmap="gray")
-    fig.colorbar(image, ax=ax3, label="ADU")
-    ax3.set_title(
-        f"background {calibration['background_electrons']:.1f} e-\n"
-        f"offset {calibration['offset_adu']:.1f} ADU, {calibration['adu_per_electron']:.3g} ADU/e-"
-    )
+    top.colorbar(image, ax=ax3, label="ADU")
+    ax3.set_title(f"background {c['background_electrons']:.1f} e- per pixel", fontsize=10)
+    ax4, ax5 = bottom.subplots(1, 2, width_ratios=(1, 2))
+    _plot_transfer(ax4, c, arrays["transfer"])
+    _plot_examples(ax5, *arrays["examples"])
+    if c["warnings"]:
+        fig.suptitle("warnings: " + "; ".join(c["warnings"]), color="C3", fontsize=10)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=90)
+
+
+def _plot_transfer(ax, c, points):
+    """Variance against signal above the offset (ADU): background pixels, spot bins, the line."""
+    offset = c["offset_adu"]
+    bx, bv = points["background"]
+    step = max(1, len(bx) // 3000)
+    ax.plot(bx[::step] - offset, bv[::step], ".", ms=2, color="0.7", label="background pixels")
+    sx, sv = points["spots"]
+    ax.plot(sx - offset, sv, "o", ms=4, color="C0", label="spot fits (binned)")
+    x = np.geomspace(max(np.min(bx - offset, initial=sx.min() - offset), 1.0), sx.max() - offset)
+    slope = c["adu_per_electron"] * EXCESS_NOISE[c["camera"]]
+    ax.plot(x, slope * x + c["read_noise_adu"] ** 2, color="C3", label="fitted")
+    ax.set(xscale="log", yscale="log", xlabel="mean - offset (ADU)", ylabel="variance (ADU²)")
+    ax.set_title(f"gain {c['adu_per_electron']:.3g} ADU/e-, offset {offset:.1f} ADU", fontsize=10)
+    ax.legend(fontsize=8)
+
+
+def _plot_examples(ax, data, model):
+    """Spot windows from dim to bright (each scaled to its data's range): data over model."""
+    low = data.min(axis=(1, 2), keepdims=True)
+    span = np.maximum(data.max(axis=(1, 2), keepdims=True) - low, 1e-12)
+    rows = [np.concatenate(list((images - low) / span), axis=1) for images in (data, model)]
+    ax.imshow(np.concatenate(rows, axis=0), cmap="magma")
+    ax.set_title("example fits, dim to bright: data (top), fitted Gaussian (bottom)", fontsize=10)
+    ax.set_axis_off()
