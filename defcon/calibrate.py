@@ -44,7 +44,7 @@ from . import conditions as C
 from .envelope import FRAME_PX, estimate_psf_sigma
 from .errors import CalibrationError, ParameterError, UnsupportedFileError
 from .files import atomic_path, read_json, write_json
-from .scene import CAMERAS
+from .scene import CAMERAS, EmpiricalPSF
 from .tiffio import TiffStack
 
 #: Pixels of the frame sample measured (frames x height x width).
@@ -81,6 +81,8 @@ WIDTH_TOLERANCE = 0.3
 DETECT_Z = 5.0
 #: Pairs of consecutive sparse frames needed to measure the background noise from them alone.
 MIN_PAIRS = 16
+#: Samples per pixel of the measured PSF (``psf_kernel``).
+PSF_OVERSAMPLING = 4
 #: Frames with more than this fraction of pixels at the saturation level are bad.
 SATURATED_FRACTION = 1e-3
 #: Relative spread (log standard deviation) of the conditions ``simulate --like``
@@ -223,6 +225,7 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
         )
         if bad
     ]
+    result["psf_kernel"] = _empirical_psf(data[good], params, result["psf_sigma_px"]).to_dict()
     result["conditions"] = _conditions(result, seed)
     result["_arrays"] = {
         "sigmas": sigmas,
@@ -812,6 +815,7 @@ def _conditions(cal, seed):
         "adu_gain": adu_gain,
         "baseline": cal["offset_adu"],
         "bit_depth": cal["bit_depth"] or 16,
+        "psf_kernel": cal.get("psf_kernel"),
         "brightness_threshold": C.THRESHOLD_FRACTION * cal["photons_full_frame"],
     }
 
@@ -857,6 +861,48 @@ def read_calibration(path):
     if not isinstance(calibration, dict) or not isinstance(calibration.get("conditions"), dict):
         raise CalibrationError(f"{path}: not a calibration file (written by defcon calibrate)")
     return calibration
+
+
+def _empirical_psf(data, params, sigma):
+    """The pixel-integrated PSF measured from fitted spots, sampled every 1/4 pixel.
+
+    Each window pixel's value less the spot's background, over the spot's
+    photons (ADU), is binned by the offset of the pixel's centre from the fitted
+    position; bins average amplitude-weighted (bright spots count most), are
+    smoothed by a quarter pixel and normalised.
+
+    Parameters
+    ----------
+    data : ndarray of shape (n, m * m)
+        Spot windows, ADU.
+    params : ndarray of shape (n, 5)
+        Fitted x, y (from the window centre), sigma, amplitude and background.
+    sigma : float
+        The calibrated PSF width, pixels.
+
+    Returns
+    -------
+    defcon.scene.EmpiricalPSF
+    """
+    s = PSF_OVERSAMPLING
+    side = int(round(math.sqrt(data.shape[1])))
+    half = side // 2
+    grid = np.arange(-half, half + 1, dtype=float)
+    size = 2 * half * s + 1
+    rows = np.rint((grid[None, :, None] - params[:, 1, None, None]) * s).astype(int) + half * s
+    cols = np.rint((grid[None, None, :] - params[:, 0, None, None]) * s).astype(int) + half * s
+    rows, cols = np.broadcast_arrays(rows, cols)
+    signal = data.reshape(-1, side, side) - params[:, 4, None, None]
+    weight = np.broadcast_to(params[:, 3, None, None], signal.shape)
+    inside = (rows >= 0) & (rows < size) & (cols >= 0) & (cols < size)
+    index = rows[inside] * size + cols[inside]
+    sums = np.bincount(index, signal[inside], size * size).reshape(size, size)
+    weights = np.bincount(index, weight[inside], size * size).reshape(size, size)
+    samples = ndimage.gaussian_filter(sums, s / 4) / np.maximum(
+        ndimage.gaussian_filter(weights, s / 4), 1e-12
+    )
+    samples = np.clip(samples, 0.0, None)
+    return EmpiricalPSF(samples * s * s / samples.sum(), s, sigma)
 
 
 def _transfer_points(mu, resid2, stats):

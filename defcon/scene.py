@@ -238,3 +238,97 @@ class Camera:
             electrons += rng.normal(0.0, 1.0, electrons.shape) * self.read_noise
         adu = np.rint(electrons / self.adu_gain + self.offset)
         return np.clip(adu, 0, self.saturation).astype(np.uint16)
+
+
+class EmpiricalPSF:
+    """A PSF measured on a microscope, for the simulator to render instead of a Gaussian.
+
+    ``samples[i, j]`` is the fraction of an emitter's photons landing in a pixel
+    whose centre lies ``((i - c) / s, (j - c) / s)`` pixels (rows, columns) from
+    the emitter, with ``c = (M - 1) / 2`` and ``s`` the oversampling: the pixel-
+    integrated PSF sampled every ``1 / s`` pixel, as
+    :func:`defcon.calibrate.calibrate` measures it from isolated spots.
+
+    Parameters
+    ----------
+    samples : array-like of shape (M, M), M odd
+        Non-negative; summed over the pixels of any one sub-pixel phase, about 1.
+    oversampling : int
+        Samples per pixel, ``s``.
+    sigma_px : float
+        Gaussian width fitted to the spots it was measured on: an emitter of PSF
+        width ``sigma`` is rendered with the PSF scaled by ``sigma / sigma_px``
+        (defocus, and the spread ``simulate --like`` draws).
+
+    Raises
+    ------
+    ConfigError
+        Samples that are not a square odd grid of finite non-negative numbers,
+        or an oversampling or width that is not positive.
+    """
+
+    def __init__(self, samples, oversampling, sigma_px):
+        samples = np.asarray(samples, float)
+        if (
+            samples.ndim != 2
+            or samples.shape[0] != samples.shape[1]
+            or samples.shape[0] % 2 == 0
+            or not np.isfinite(samples).all()
+            or (samples < 0).any()
+            or samples.sum() <= 0
+        ):
+            raise ConfigError(
+                "psf_kernel: samples must be a square grid of odd side holding finite "
+                f"non-negative numbers, got shape {samples.shape}"
+            )
+        if int(oversampling) != oversampling or oversampling < 1 or not sigma_px > 0:
+            raise ConfigError(
+                "psf_kernel: oversampling must be a whole number >= 1 and sigma_px > 0, "
+                f"got {oversampling!r} and {sigma_px!r}"
+            )
+        self.samples, self.oversampling, self.sigma_px = samples, int(oversampling), sigma_px
+
+    @classmethod
+    def from_dict(cls, data):
+        """From ``{'samples': [[...]], 'oversampling': s, 'sigma_px': w}`` (conditions files)."""
+        if not isinstance(data, dict) or {"samples", "oversampling", "sigma_px"} - set(data):
+            raise ConfigError(
+                "psf_kernel: expected a dict with samples, oversampling and sigma_px, "
+                f"got {type(data).__name__}"
+            )
+        return cls(data["samples"], data["oversampling"], data["sigma_px"])
+
+    def to_dict(self):
+        """JSON-serialisable form (6 significant digits)."""
+        samples = [[float(f"{v:.6g}") for v in row] for row in self.samples]
+        return {"samples": samples, "oversampling": self.oversampling, "sigma_px": self.sigma_px}
+
+    @property
+    def radius(self):
+        """Pixels from the centre to the grid's edge at scale 1."""
+        return (self.samples.shape[0] - 1) / 2 / self.oversampling
+
+    def pixel_fractions(self, dy, dx, sigma):
+        """Fraction of each emitter's photons per window pixel, normalised to 1.
+
+        Parameters
+        ----------
+        dy, dx : ndarray of shape (N, K)
+            Rows and columns of the window's pixel centres less the emitter's position.
+        sigma : ndarray of shape (N,)
+            Each emitter's PSF width, pixels.
+
+        Returns
+        -------
+        ndarray of shape (N, K, K)
+        """
+        from scipy import ndimage
+
+        scale = (sigma / self.sigma_px)[:, None]
+        centre = (self.samples.shape[0] - 1) / 2
+        rows = np.broadcast_to(
+            (dy / scale * self.oversampling + centre)[:, :, None], dy.shape + dx.shape[1:]
+        )
+        cols = np.broadcast_to((dx / scale * self.oversampling + centre)[:, None, :], rows.shape)
+        values = ndimage.map_coordinates(self.samples, [rows, cols], order=1, cval=0.0)
+        return values / np.maximum(values.sum(axis=(1, 2), keepdims=True), 1e-300)

@@ -96,6 +96,10 @@ class SimulationParameters:
     psf_sigma_px : float or None
         PSF standard deviation in focus, pixels; None derives it from the
         wavelength, the NA and the pixel size.
+    psf_kernel : dict or None
+        A measured PSF (:class:`defcon.scene.EmpiricalPSF` as a dict, written
+        by ``defcon calibrate``) rendered instead of the Gaussian, scaled to
+        each emitter's width (``psf_sigma_px``, widened by defocus).
     defocus_nm : float
         Fluorophores sit at z uniform in ``[-defocus_nm, defocus_nm]`` (logged in
         the CSV's ``z`` column); their PSF widens as
@@ -160,6 +164,7 @@ class SimulationParameters:
     layout: str = "uniform"
     n_structures: int = 10
     structure_spread_px: float = 1.5
+    psf_kernel: dict | None = None
 
     def __post_init__(self):
         for name in _NON_NEGATIVE:
@@ -180,6 +185,9 @@ class SimulationParameters:
             )
         if self.psf_sigma_px is not None:
             self.psf_sigma_px = _number("psf_sigma_px", self.psf_sigma_px, strict=True)
+        self.empirical_psf = (
+            None if self.psf_kernel is None else scene.EmpiricalPSF.from_dict(self.psf_kernel)
+        )
         if self.camera is None:
             self.camera = "ccd" if self.em_gain is None else "emccd"
         if self.camera not in scene.CAMERAS or self.layout not in scene.LAYOUTS:
@@ -355,25 +363,31 @@ def _sweep_target(i, n_frames, p):
     return low + (high - low) * frac
 
 
-def _psf_windows(x, y, height, width, sigma):
-    """Pixel-integrated Gaussian PSF of each emitter over a window of ±ceil(4 sigma) pixels.
+def _psf_windows(x, y, height, width, sigma, psf=None):
+    """Pixel-integrated PSF of each emitter over a window of ±ceil(4 sigma) pixels.
 
     ``sigma`` is a float or one per emitter, shape (N,); the window follows the
-    largest. Returns ``flat`` (N, K) int64 pixel indices into the flattened frame,
-    ``inside`` (N, K) bool (pixel in the frame) and ``prob`` (N, K) float64, the
-    fraction of the emitter's photons landing in each pixel, with
-    K = (2 ceil(4 max sigma) + 1)².
+    largest. The PSF is a Gaussian, or ``psf`` (a :class:`defcon.scene.EmpiricalPSF`,
+    scaled to each ``sigma``; window as wide as it reaches). Returns ``flat`` (N, K)
+    int64 pixel indices into the flattened frame, ``inside`` (N, K) bool (pixel
+    in the frame) and ``prob`` (N, K) float64, the fraction of the emitter's
+    photons landing in each pixel, with K = (2 half + 1)².
     """
     sigma = np.broadcast_to(np.asarray(sigma, float), np.shape(x))
-    half = int(math.ceil(4 * sigma.max())) if sigma.size else 1
+    reach = 4.0 if psf is None else psf.radius / psf.sigma_px
+    half = int(math.ceil(reach * sigma.max())) if sigma.size else 1
     n, size = len(x), (2 * half + 1) ** 2
     edges = np.arange(-half, half + 2)  # the edges of 2*half+1 pixels
     cols = np.floor(x).astype(np.int64)[:, None] + edges
     rows = np.floor(y).astype(np.int64)[:, None] + edges
-    scale = math.sqrt(2) * sigma[:, None]
-    px = np.diff(0.5 * erf((cols - x[:, None]) / scale), axis=1)
-    py = np.diff(0.5 * erf((rows - y[:, None]) / scale), axis=1)
-    prob = (py[:, :, None] * px[:, None, :]).reshape(n, size)
+    if psf is None:
+        scale = math.sqrt(2) * sigma[:, None]
+        px = np.diff(0.5 * erf((cols - x[:, None]) / scale), axis=1)
+        py = np.diff(0.5 * erf((rows - y[:, None]) / scale), axis=1)
+        prob = (py[:, :, None] * px[:, None, :]).reshape(n, size)
+    else:
+        dx, dy = cols[:, :-1] + 0.5 - x[:, None], rows[:, :-1] + 0.5 - y[:, None]
+        prob = psf.pixel_fractions(dy, dx, sigma).reshape(n, size)
     rows, cols = rows[:, :-1, None], cols[:, None, :-1]
     inside = ((rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)).reshape(n, size)
     return (rows * width + cols).reshape(n, size), inside, prob
@@ -384,7 +398,7 @@ def _accumulate(flat, inside, values, height, width):
     return image.astype(float).reshape(height, width)
 
 
-def render_emitters(x, y, photons, height, width, sigma):
+def render_emitters(x, y, photons, height, width, sigma, psf=None):
     """Expected photons per pixel from emitters with a pixel-integrated Gaussian PSF.
 
     Only a window of ±ceil(4 sigma) pixels around each emitter is computed, so
@@ -400,13 +414,15 @@ def render_emitters(x, y, photons, height, width, sigma):
     height, width : int
     sigma : float or ndarray of shape (N,)
         PSF standard deviation, pixels (one for all, or one per emitter).
+    psf : defcon.scene.EmpiricalPSF, optional
+        A measured PSF to render instead of the Gaussian (scaled to ``sigma``).
 
     Returns
     -------
     ndarray of shape (height, width), float64
     """
     flat, inside, prob = _psf_windows(
-        np.asarray(x, float), np.asarray(y, float), height, width, sigma
+        np.asarray(x, float), np.asarray(y, float), height, width, sigma, psf
     )
     return _accumulate(flat, inside, np.asarray(photons, float)[:, None] * prob, height, width)
 
@@ -420,10 +436,11 @@ def _detect(x, y, sigma, expected, height, width, p, rng):
     undetected photons are independent Poisson counts whose sum, the emitted
     photons, is Poisson(expected) as it should be.
     """
+    psf = p.empirical_psf
     if not p.shot_noise:
-        signal = render_emitters(x, y, expected * p.quantum_efficiency, height, width, sigma)
+        signal = render_emitters(x, y, expected * p.quantum_efficiency, height, width, sigma, psf)
         return expected, signal
-    flat, inside, prob = _psf_windows(x, y, height, width, sigma)
+    flat, inside, prob = _psf_windows(x, y, height, width, sigma, psf)
     counts = rng.poisson(expected[:, None] * p.quantum_efficiency * prob)
     undetected = np.clip(1.0 - p.quantum_efficiency * prob.sum(axis=1), 0.0, None)
     photons = counts.sum(axis=1) + rng.poisson(expected * undetected)

@@ -7,6 +7,7 @@ import pytest
 import tifffile
 
 from defcon import calibrate as K
+from defcon import conditions as C
 from defcon.cli import main
 from defcon.errors import CalibrationError, DefconError
 from defcon.simulate import simulate, simulate_stack
@@ -146,3 +147,21 @@ def test_cli_refuses_a_file_that_is_not_a_calibration(tmp_path, capsys):
     bad.write_text("{}")
     assert main(["simulate", "--like", str(bad), "--out", str(tmp_path / "x")]) == 1
     assert "bad.json: not a calibration file" in capsys.readouterr().err
+
+
+def test_measured_psf_matches_the_simulated_one_and_simulate_like_renders_it(tmp_path):
+    p = conditions("ccd")
+    stack, _ = simulate_stack(150, H, W, seed=1, **p)
+    result = K.calibrate(stack, camera="ccd")
+    kernel = result["psf_kernel"]
+    samples, s = np.array(kernel["samples"]), kernel["oversampling"]
+    assert samples.sum() / s**2 == pytest.approx(1.0, rel=1e-6)
+    centre = samples.shape[0] // 2
+    profile = samples[centre, centre::s] / samples[centre, centre]
+    gaussian = np.exp(-(np.arange(len(profile)) ** 2) / (2 * p["psf_sigma_px"] ** 2))
+    np.testing.assert_allclose(profile[:5], gaussian[:5], atol=0.06)
+    # simulate --like renders with it.
+    drawn = K.like_conditions(result, 0)
+    assert drawn["psf_kernel"] == kernel
+    like, _ = simulate_stack(5, H, W, seed=2, **C.simulation_parameters(drawn))
+    assert like.shape == (5, H, W)

@@ -59,6 +59,7 @@ def test_cli_simulate_like_builds_a_set_ready_for_training(tmp_path, capsys):
         "pixel_size_nm": 80.0,
         "psf_sigma_px": 1.8,
         "photons_full_frame": 2500.0,
+        "photons_log_spread": 0.3,
         "background_electrons": 20.0,
         "adu_per_electron": 10.0,
         "read_noise_adu": 30.0,
@@ -102,6 +103,7 @@ def test_like_conditions_reach_past_the_measured_density():
         "pixel_size_nm": 50.0,
         "psf_sigma_px": 2.8,
         "photons_full_frame": 4000.0,
+        "photons_log_spread": 0.8,
         "background_electrons": 30.0,
         "adu_per_electron": 0.5,
         "read_noise_adu": 4.0,
@@ -114,6 +116,7 @@ def test_like_conditions_reach_past_the_measured_density():
         drawn = like_conditions(calibration, seed)
         assert 80.0 <= drawn["density_sweep"][1] * per_frame <= 360.0 + 1e-9
         assert drawn["psf_sigma_px"] == pytest.approx(2.8, rel=0.25)
+        assert drawn["photon_spread"] == 0.6  # the measured spread, at most the training range's
 
 
 def test_with_overrides_keeps_the_threshold_with_the_brightness():

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from defcon import simulate as sim
-from defcon.errors import DefconError
+from defcon.errors import ConfigError, DefconError
 
 H, W = 24, 40  # non-square on purpose
 NOISE_FREE = dict(shot_noise=False, background=0.0, read_noise=0.0, dark_current=0.0)
@@ -257,3 +257,35 @@ def test_bad_parameters_raise_a_defcon_error_naming_them(kwargs, name, tmp_path)
     with pytest.raises(DefconError, match=name):
         sim.simulate(tmp_path, seed=0, **args, **kwargs)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_measured_psf_renders_like_the_gaussian_it_samples():
+    # The pixel-integrated Gaussian sampled every 1/4 px, as calibrate measures a PSF.
+    from scipy.special import erf
+
+    from defcon.scene import EmpiricalPSF
+    from defcon.simulate import render_emitters
+
+    sigma, s, half = 1.4, 4, 6
+    d = np.arange(-half * s, half * s + 1) / s
+    edge = lambda c: 0.5 * (erf((d + 0.5) / (c * 2**0.5)) - erf((d - 0.5) / (c * 2**0.5)))  # noqa: E731
+    psf = EmpiricalPSF(np.outer(edge(sigma), edge(sigma)), s, sigma)
+    rng = np.random.default_rng(3)
+    x, y, photons = rng.uniform(8, 48, 20), rng.uniform(8, 32, 20), rng.uniform(500, 2000, 20)
+    gaussian = render_emitters(x, y, photons, 40, 56, sigma)
+    measured = render_emitters(x, y, photons, 40, 56, sigma, psf)
+    assert measured.sum() == pytest.approx(photons.sum(), rel=1e-6)
+    # Bilinear interpolation between samples 1/4 px apart: within 1 % of the peak.
+    np.testing.assert_allclose(measured, gaussian, atol=1e-2 * gaussian.max())
+    # Scaled to a wider emitter, it is as wide as that emitter's Gaussian.
+    wide = render_emitters(x, y, photons, 40, 56, 2.0, psf)
+    gaussian_wide = render_emitters(x, y, photons, 40, 56, 2.0)
+    np.testing.assert_allclose(wide, gaussian_wide, atol=0.02 * wide.max())
+
+
+def test_a_psf_kernel_that_is_not_a_grid_is_a_config_error():
+    with pytest.raises(ConfigError, match="psf_kernel: samples must be a square grid"):
+        kernel = {"samples": [[1.0, 2.0]], "oversampling": 4, "sigma_px": 1}
+        sim.SimulationParameters(psf_kernel=kernel)
+    with pytest.raises(ConfigError, match="psf_kernel: expected a dict"):
+        sim.SimulationParameters(psf_kernel=[[1.0]])
