@@ -17,8 +17,8 @@ from . import __version__  # noqa: E402
 from .errors import DefconError  # noqa: E402
 
 log = logging.getLogger("defcon")
-#: Subcommands that load TensorFlow.
-TENSORFLOW_COMMANDS = ("train", "predict", "export")
+#: Subcommands that load Keras and its backend (TensorFlow by default).
+KERAS_COMMANDS = ("train", "predict", "export")
 
 EPILOG = """workflow:
   defcon simulate --out sim/                      simulated stack + frame logger
@@ -28,6 +28,10 @@ EPILOG = """workflow:
   defcon predict model.keras stack.tif --counts counts.csv
   defcon export model.keras --fiji Fiji.app/plugins
   defcon clean .                                  remove what interrupted runs left
+  defcon info --system                            versions, Keras backend, devices
+
+Keras backend: TensorFlow by default; KERAS_BACKEND=jax (pip install "defcon[jax]")
+trains and predicts on JAX; exports need TensorFlow.
 """
 
 
@@ -35,6 +39,16 @@ MODEL_HELP = (
     "model file: .keras, the original DEFCoN .h5, a Keras weights file or a "
     "bioimage.io package (.zip); or 'pretrained' for the model defcon ships"
 )
+
+
+def _add_device_option(p):
+    p.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default=None,
+        help="run the network on the CPU or the first GPU of the Keras backend "
+        "(default: the backend's choice, a GPU when it sees one); gpu fails when none is found",
+    )
 
 
 def _positive_int(text):
@@ -417,6 +431,7 @@ def _add_train(sub):
         action="store_true",
         help="replace the model already in OutputDir (refused by default)",
     )
+    _add_device_option(p)
     p.set_defaults(run=_run_train)
 
 
@@ -505,6 +520,7 @@ def _add_predict(sub):
         help="replace existing output files that defcon did not write (outputs "
         "never replace an input)",
     )
+    _add_device_option(p)
     _add_stack_options(p)
     _add_many_stacks_options(p)
     p.set_defaults(run=_run_predict)
@@ -760,6 +776,7 @@ def _add_export(sub):
 
 def _run_export(args):
     from . import export
+    from .backends import require_tensorflow
     from .networks import FCN
 
     if not (args.fiji or args.tf1 or args.tf2 or args.onnx or args.bioimageio):
@@ -767,6 +784,7 @@ def _run_export(args):
             "defcon export: error: say what to write: --fiji, --tf1, --tf2, "
             "--onnx and/or --bioimageio"
         )
+    require_tensorflow("defcon export")
     _check_export_outputs(args)
     model = FCN.from_file(args.model)
     if args.onnx or args.bioimageio:
@@ -833,11 +851,27 @@ def _check_export_outputs(args):
 def _add_info(sub):
     p = sub.add_parser(
         "info",
-        help="describe a TrainingSet, compact set or model",
-        description="Print a summary of a defcon file.",
+        help="describe a TrainingSet, compact set or model, or this system",
+        description="Print a summary of a defcon file; with --system, the versions of "
+        "defcon, Keras and its backend, the backend in use (KERAS_BACKEND), its devices "
+        "and bfloat16 support.",
     )
-    p.add_argument("file", help="HDF5 training set, .keras/.h5 model")
-    p.set_defaults(run=lambda args: _print_info(args.file))
+    p.add_argument("file", nargs="?", help="HDF5 training set, .keras/.h5 model")
+    p.add_argument(
+        "--system", action="store_true", help="describe the Keras backend and devices instead"
+    )
+    p.set_defaults(run=_run_info)
+
+
+def _run_info(args):
+    if args.system == (args.file is not None):
+        raise SystemExit("defcon info: error: give a FILE or --system (not both)")
+    if args.system:
+        from .backends import system_summary
+
+        print(system_summary())
+    else:
+        _print_info(args.file)
 
 
 def _add_calibrate(sub):
@@ -964,9 +998,16 @@ def main(argv=None):
     # A job manager's SIGTERM stops the work like Ctrl-C: partial outputs are removed.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        if _needs_tensorflow(args):
-            _import_tensorflow(show_device=args.command in ("train", "predict"))
-        args.run(args)
+        device = getattr(args, "device", None)
+        if _needs_backend(args):
+            _import_backend(show_device=args.command in ("train", "predict"), device=device)
+        if device is None:
+            args.run(args)
+        else:
+            from .backends import device_scope
+
+            with device_scope(device):
+                args.run(args)
     except DefconError as err:
         if args.debug:
             raise
@@ -984,13 +1025,39 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _needs_tensorflow(args):
-    """Whether the command will load TensorFlow (info only for a model, not a training set)."""
+def _needs_backend(args):
+    """Whether the command loads Keras and its backend (info only for a model or --system)."""
     if args.command == "info":
         from .info import loads_a_network
 
-        return loads_a_network(args.file)
-    return args.command in TENSORFLOW_COMMANDS
+        return args.system or (args.file is not None and loads_a_network(args.file))
+    return args.command in KERAS_COMMANDS
+
+
+def _import_backend(show_device, device=None):
+    """Import Keras and its backend quietly; log the backend and the device it will use.
+
+    With ``device='cpu'`` on JAX, ``JAX_PLATFORMS=cpu`` is set first (when JAX
+    is not imported yet), so JAX does not start on a GPU at all.
+    """
+    from .backends import configured_backend
+
+    backend = configured_backend()
+    if backend == "tensorflow":
+        _import_tensorflow(show_device)
+        return
+    if device == "cpu" and backend == "jax" and "jax" not in sys.modules:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # JAX logs each accelerator plugin it looked for (TPU, CUDA) at INFO.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    import keras
+
+    if show_device:
+        from .backends import backend_version, list_devices
+
+        gpus = list_devices("gpu")
+        where = f"GPU ({', '.join(name for _, name in gpus)})" if gpus else "CPU (no GPU found)"
+        log.info("Keras %s on %s %s, %s", keras.__version__, backend, backend_version(), where)
 
 
 def _import_tensorflow(show_device):

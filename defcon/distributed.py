@@ -567,9 +567,12 @@ def _cached_network(model, threads):
     key = (model, *((path.stat().st_mtime_ns, path.stat().st_size) if path.exists() else ()))
     with _MODEL_LOCK:
         if _MODEL.get("key") != key:
-            _import_tensorflow_quietly()
-            if threads is not None:
-                _limit_tensorflow_threads(threads)
+            from .backends import is_tensorflow
+
+            if is_tensorflow():  # other backends: Keras is imported with the model
+                _import_tensorflow_quietly()
+                if threads is not None:
+                    _limit_tensorflow_threads(threads)
             _MODEL.clear()  # one model per process: a new version replaces the old
             _MODEL.update(key=key, network=_density_network(model))
         return _MODEL["network"]

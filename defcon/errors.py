@@ -74,6 +74,13 @@ class ModelKindError(ModelFileError, ExportError):
     """
 
 
+class BackendError(DefconError, RuntimeError):
+    """What was asked needs TensorFlow (or a device) that the active Keras backend lacks.
+
+    The message names what to install or which ``KERAS_BACKEND`` to run with.
+    """
+
+
 class ParameterError(DefconError, ValueError):
     """A function argument outside what it accepts (a precision, a size, a choice)."""
 

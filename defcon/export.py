@@ -29,6 +29,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from .backends import require_tensorflow
 from .errors import ExportError, MissingFileError, ModelKindError, UnsupportedFileError
 
 log = logging.getLogger(__name__)
@@ -326,13 +327,15 @@ def save_tf1_model(model, export_dir, division=None):
         positive number.
     UnsupportedFileError
         ``export_dir`` exists and is not a SavedModel folder.
+    BackendError
+        Keras runs on another backend than TensorFlow, or TensorFlow is missing.
 
     Examples
     --------
     >>> model = FCN.from_file("defcon_tf13.h5")  # doctest: +SKIP
     >>> save_tf1_model(model, "Fiji.app/plugins/DEFCoN/tf_density_count")  # doctest: +SKIP
     """
-    import tensorflow as tf
+    tf = require_tensorflow("the TF1 SavedModel export (Fiji, FCN.save_tf_model)")
 
     kind, steps = _network_spec(model)
     division = _check_division(division)
@@ -390,7 +393,7 @@ def save_tf2_model(model, export_dir):
     >>> serve = tf.saved_model.load("density_tf2").signatures["serving_default"]  # doctest: +SKIP
     >>> serve(input_tensor=frames)["density"]  # doctest: +SKIP
     """
-    import tensorflow as tf
+    tf = require_tensorflow("the TF2 SavedModel export")
 
     kind, steps = _network_spec(model)
     key = EXPORTABLE_KINDS[kind]
@@ -473,6 +476,8 @@ def export_fiji(model, out_dir, box_size=7, division=None, *, box=None):
         ``model`` is a path that does not hold a defcon model.
     UnsupportedFileError
         ``out_dir/DEFCoN`` exists and holds other files.
+    BackendError
+        Keras runs on another backend than TensorFlow, or TensorFlow is missing.
 
     Examples
     --------
@@ -481,6 +486,7 @@ def export_fiji(model, out_dir, box_size=7, division=None, *, box=None):
     """
     from .networks import FCN
 
+    require_tensorflow("the Fiji export")
     if isinstance(model, (str, os.PathLike)):
         model = FCN.from_file(model)
     kind = getattr(model, "output_kind", None)

@@ -48,21 +48,25 @@ class HistNorm(layers.Layer):
 
     ``(x - min) / (max - min)`` over each frame's pixels; a flat frame (max ==
     min) gives zeros instead of NaN. Input and output: ``(batch, H, W, C)``.
-    This is the specification; each other runtime has one implementation of
-    it: ``engine._histnorm`` (TensorFlow ops), ``predict._Runner._tiled``
-    (numpy, whole frames before tiling) and the TF1 graph of
+    This is the specification (:func:`histnorm`, also used by the engine on
+    JAX and PyTorch); each other runtime has one implementation of it:
+    ``engine._histnorm`` (TensorFlow ops), ``predict._Runner._tiled`` (numpy,
+    whole frames before tiling) and the TF1 graph of
     :func:`defcon.export.save_tf1_model` (raw ops only, for TensorFlow Java).
     """
 
     def call(self, inputs):
-        lo = ops.min(inputs, axis=(1, 2, 3), keepdims=True)
-        hi = ops.max(inputs, axis=(1, 2, 3), keepdims=True)
-        span = hi - lo
-        safe_span = ops.where(span > 0, span, ops.ones_like(span))
-        return (inputs - lo) / safe_span
+        return histnorm(inputs)
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+def histnorm(x):
+    """:class:`HistNorm` as a function of ``keras.ops``: ``(n, H, W, C)`` -> [0, 1] per frame."""
+    lo = ops.min(x, axis=(1, 2, 3), keepdims=True)
+    span = ops.max(x, axis=(1, 2, 3), keepdims=True) - lo
+    return (x - lo) / ops.where(span > 0, span, ops.ones_like(span))
 
 
 def _layer(name, kind, filters, kernel, stride, dropout_rate, seed):

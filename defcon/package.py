@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from .backends import require_tensorflow
 from .errors import ExportError, MissingFileError, ModelKindError, UnsupportedFileError
 from .files import atomic_path, existing_file, sha256_file
 from .frames import SIDE_MULTIPLE
@@ -110,13 +111,15 @@ def export_onnx(model, path, opset=ONNX_OPSET):
     ------
     ExportError
         Not a density network, a missing dependency, or a failed conversion.
+    BackendError
+        Keras runs on another backend than TensorFlow, or TensorFlow is missing.
 
     Examples
     --------
     >>> export_onnx("model.keras", "defcon.onnx")  # doctest: +SKIP
     PosixPath('defcon.onnx')
     """
-    tf = require_module("tensorflow", ExportError)
+    tf = require_tensorflow("the ONNX export (tf2onnx)")
     tf2onnx = require_module("tf2onnx", ExportError)
     model = _density_model(model)
 
@@ -198,6 +201,8 @@ def export_bioimageio(
     ExportError
         Not a density network, a bad argument, missing optional dependencies,
         or bioimageio.spec rejects the package.
+    BackendError
+        Keras runs on another backend than TensorFlow, or TensorFlow is missing.
     MissingFileError
         ``training_dir`` or ``training_set`` does not exist.
 
@@ -207,6 +212,7 @@ def export_bioimageio(
     ...     "out/quickstart.keras", "quickstart.zip", authors=["A. Person"], training_dir="out/")
     PosixPath('quickstart.zip')
     """
+    require_tensorflow("the bioimage.io export (ONNX and SavedModel weights)")
     spec = require_module("bioimageio.spec", ExportError)
     _check_pydantic()
     model = _density_model(model)

@@ -5,6 +5,7 @@ each epoch visits the blocks in a new random order and shuffles the frames
 inside each block, so memory is bounded by one block whatever the set's size.
 """
 
+import functools
 import math
 
 import h5py
@@ -136,6 +137,24 @@ class CompactSetBatches:
         data = data.apply(tf.data.experimental.assert_cardinality(len(self)))
         return data.prefetch(2).with_options(options)
 
+    def keras_dataset(self):
+        """A ``keras.utils.PyDataset`` of the batches, for ``fit`` on any Keras backend.
+
+        One pass per epoch, reshuffled by Keras' ``on_epoch_end``; batches are
+        read in the training thread (one block read per ``block_batches``
+        batches, a few % of a training step's time on 64 x 64 frames).
+        """
+        return _py_dataset_class()(self)
+
+    def for_fit(self):
+        """The batches for ``keras.Model.fit``.
+
+        :meth:`dataset` (tf.data) on the TensorFlow backend, else :meth:`keras_dataset`.
+        """
+        from .backends import is_tensorflow
+
+        return self.dataset() if is_tensorflow() else self.keras_dataset()
+
     def _block_length(self, block):
         first = self.start + block * self.block_frames
         return min(self.block_frames, self.stop - first)
@@ -170,3 +189,31 @@ class CompactSetBatches:
         if lo >= len(x):
             raise IndexError(index)
         return x[lo : lo + self.batch_size], y[lo : lo + self.batch_size]
+
+
+@functools.cache
+def _py_dataset_class():
+    """The PyDataset class of :meth:`CompactSetBatches.keras_dataset`, made when first used.
+
+    Keras is imported only then: this module is also read by configuration
+    checks that need no network.
+    """
+    import keras
+
+    class CompactSetPyDataset(keras.utils.PyDataset):
+        """``CompactSetBatches`` as a ``keras.utils.PyDataset`` (one worker: blocks are cached)."""
+
+        def __init__(self, batches):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.batches = batches
+
+        def __len__(self):
+            return len(self.batches)
+
+        def __getitem__(self, index):
+            return self.batches[index]
+
+        def on_epoch_end(self):
+            self.batches.on_epoch_end()
+
+    return CompactSetPyDataset

@@ -258,8 +258,8 @@ def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbo
         history.callback(stage),
     ]
     fit = model.fit(
-        train_batches.dataset(),
-        validation_data=val_batches.dataset(),
+        train_batches.for_fit(),
+        validation_data=val_batches.for_fit(),
         epochs=settings.numepochs,
         callbacks=callbacks,
         verbose=keras_verbosity(verbose),

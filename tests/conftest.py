@@ -26,6 +26,19 @@ def reference_file(*parts):
     return path
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip ``tensorflow_only`` tests when Keras runs on another backend."""
+    from defcon.backends import configured_backend
+
+    backend = configured_backend()
+    if backend == "tensorflow":
+        return
+    skip = pytest.mark.skip(reason=f"needs the TensorFlow backend (KERAS_BACKEND={backend})")
+    for item in items:
+        if "tensorflow_only" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def original_model_file():
     """The published DEFCoN model (Keras 2.0.8 / TF 1.3 HDF5)."""

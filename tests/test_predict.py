@@ -342,6 +342,7 @@ def test_fcn_methods_pass_precision_through(model, frames):
     np.testing.assert_allclose(bf16.sum(axis=(1, 2, 3)), fp32.sum(axis=(1, 2, 3)), rtol=0.03)
 
 
+@pytest.mark.tensorflow_only  # the TF1 and ONNX exports
 def test_wrong_network_kinds_and_arguments_have_one_error_class_each(tmp_path, sim_files):
     from defcon.errors import ParameterError
     from defcon.export import save_tf1_model
