@@ -878,9 +878,13 @@ def _add_calibrate(sub):
     p = sub.add_parser(
         "calibrate",
         help="estimate a microscope's imaging conditions from a stack",
-        description="Estimate camera offset and gain, background, PSF width, photons per "
-        "spot and density from an SMLM stack; write them as JSON (for defcon simulate "
-        "--like) and a one-page PNG report beside it.",
+        description="Estimate camera offset and gain, background, PSF width and shape, "
+        "photons per spot and density from an SMLM stack; write them as JSON (for "
+        "defcon simulate --like, which renders the measured PSF) and a one-page PNG "
+        "report beside it. The stack needs some sparse frames (isolated spots); dark "
+        "frames (--dark) make the gain and offset much more certain. Read 'warnings' "
+        "in the JSON. Example: defcon calibrate my_stack.tif --dark dark.tif --camera "
+        "emccd --out calib.json",
     )
     p.add_argument("stack", help="TIFF stack of raw camera frames (ADU)")
     p.add_argument(
