@@ -449,7 +449,9 @@ def _add_predict(sub):
         description="Predict density maps for every frame of a TIFF stack "
         "(8/16-bit or float, any frame size), streaming it, and write the count "
         "and the maximum local count of every frame to a CSV "
-        "(frame,count,max_local_count,flag; frames 1-based). When the model "
+        "(frame,count,max_local_count,flag; frames 1-based) and a picture of them "
+        "beside it (the CSV's name with .png: both values per frame, a rolling mean, "
+        "the flagged frames marked; --no-plot skips it). When the model "
         "records its training envelope (the shipped models do), the PSF width "
         "of every chunk and the density of every frame are checked against it: "
         "frames outside get a flag (psf_wide, psf_narrow, too_dense) and a "
@@ -457,7 +459,7 @@ def _add_predict(sub):
         "counted or the command fails: see --allow-truncated and --nan-frames "
         "for damaged stacks. Several stacks, or a folder (its *.tif and *.tiff files, "
         "sorted, not its subfolders unless --recursive), are counted in parallel with "
-        "Dask (see 'many stacks'): each stack gets STACK_counts.csv beside it, and a "
+        "Dask (see 'many stacks'): each stack gets STACK_counts.csv (and .png) beside it, and a "
         "summary CSV lists every stack; stacks that fail are reported and the others "
         "counted.",
     )
@@ -473,6 +475,25 @@ def _add_predict(sub):
     )
     p.add_argument(
         "--counts", help="counts CSV (one stack only; default: STACK_counts.csv beside the stack)"
+    )
+    p.add_argument(
+        "--no-plot",
+        action="store_true",
+        help="do not write the counts plot (the counts CSV's name with .png)",
+    )
+    p.add_argument(
+        "--overlay",
+        type=_positive_int,
+        metavar="N",
+        help="also draw frame N (1-based, one stack only) to STACK_overlay_N.png beside "
+        "the counts CSV: the raw frame, its density map, and the densest box (or the "
+        "--ground-truth positions) on the raw frame",
+    )
+    p.add_argument(
+        "--ground-truth",
+        metavar="FILE",
+        help="with --overlay: ring the true positions of that frame from this table "
+        "(frame-logger CSV, ThunderSTORM, Picasso or DECODE; every emitter, any brightness)",
     )
     p.add_argument(
         "--box-size",
@@ -583,7 +604,7 @@ def _count_options(args):
 def _run_predict(args):
     from pathlib import Path
 
-    from .distributed import density_path
+    from .distributed import counts_path, density_path
     from .errors import ParameterError
     from .predict import count_tiff
 
@@ -592,17 +613,59 @@ def _run_predict(args):
         return _run_predict_many(args)
     if args.out and args.out_dir:
         raise ParameterError("--out and --out-dir both name the density maps: give one")
+    if args.ground_truth and args.overlay is None:
+        raise ParameterError("--ground-truth marks the positions of the --overlay frame: give both")
     stack_path = Path(args.stacks[0])
+    counts = Path(args.counts) if args.counts else counts_path(stack_path)
+    density = args.out or (args.out_dir and density_path(stack_path, args.out_dir))
+    overlay = _checked_overlay(args, stack_path, counts, density)  # before the long part
     result = count_tiff(
         args.model,
         stack_path,
-        counts=args.counts or stack_path.with_name(stack_path.stem + "_counts.csv"),
-        density_output=args.out or (args.out_dir and density_path(stack_path, args.out_dir)),
+        counts=counts,
+        density_output=density,
         progress=not args.quiet,
         overwrite=args.overwrite,
+        plot=not args.no_plot,
         **_count_options(args),
     )
-    _print_counts(stack_path, result, args)
+    if overlay is not None:
+        from .plots import plot_overlay
+
+        plot_overlay(
+            args.model,
+            stack_path,
+            args.overlay,
+            overlay,
+            ground_truth=args.ground_truth,
+            box_size=args.box_size,
+            stack_options=_count_options(args)["stack_options"],
+            precision=args.precision,
+        )
+    _print_counts(stack_path, result, args, overlay)
+
+
+def _checked_overlay(args, stack_path, counts, density):
+    """The PNG of ``--overlay N``, its frame, path and ground truth checked; None without it."""
+    if args.overlay is None:
+        return None
+    from .plots import check_png_output, counts_plot_path, overlay_index, overlay_path
+
+    overlay_index(stack_path, args.overlay, _count_options(args)["stack_options"])
+    if args.ground_truth:
+        from .localizations import Localizations
+
+        Localizations(args.ground_truth)  # exists and has a known layout
+    path = overlay_path(counts, stack_path, args.overlay)
+    plot = None if args.no_plot else counts_plot_path(counts)
+    check_png_output(
+        path,
+        [stack_path, args.model, args.ground_truth],
+        [counts, density, plot],
+        overwrite=args.overwrite,
+        what="overlay",
+    )
+    return path
 
 
 def _run_predict_many(args):
@@ -620,6 +683,10 @@ def _run_predict_many(args):
             "--counts names one file; with several stacks each stack's counts go to "
             "STACK_counts.csv beside it"
         )
+    if args.overlay is not None or args.ground_truth:
+        raise ParameterError(
+            "--overlay and --ground-truth draw one frame of one stack: count that stack alone"
+        )
     summary = args.summary or DEFAULT_SUMMARY
     results = count_stacks(
         args.model,
@@ -631,6 +698,7 @@ def _run_predict_many(args):
         recursive=args.recursive,
         progress=not args.quiet,
         overwrite=args.overwrite,
+        plot=not args.no_plot,
         **_count_options(args),
     )
     for result in results:
@@ -653,7 +721,7 @@ def _run_predict_many(args):
         )
 
 
-def _print_counts(stack_path, result, args):
+def _print_counts(stack_path, result, args, overlay=None):
     """The summary of ``defcon predict``: totals, then one line per warning, then the files."""
     counts = result.counts[result.counted]
     box = result.box_size
@@ -689,7 +757,9 @@ def _print_counts(stack_path, result, args):
         )
     print(
         f"counts: {result.counts_path}"
+        + (f"; plot: {result.plot_path}" if result.plot_path else "")
         + (f"; density maps: {result.density_path}" if result.density_path else "")
+        + (f"; overlay: {overlay}" if overlay else "")
     )
 
 

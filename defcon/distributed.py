@@ -63,6 +63,7 @@ COUNT_OPTIONS = (
     "tile_size",
     "check_envelope",
     "stack_options",
+    "plot",
 )
 INSTALL_HINT = 'pip install "defcon[dask]"'
 
@@ -170,7 +171,8 @@ def count_stacks(
     **count_options
         Passed to :func:`~defcon.predict.count_tiff`: ``index``, ``box_size``,
         ``batch_size``, ``precision``, ``tile_size``, ``check_envelope``,
-        ``stack_options``.
+        ``stack_options``; ``plot=True`` also writes ``STACK_counts.png``
+        beside every counts CSV (checked when its stack is counted).
 
     Returns
     -------
@@ -196,6 +198,8 @@ def count_stacks(
             f"count_stacks: unknown keyword(s) {', '.join(unknown)}; "
             f"expected {', '.join(COUNT_OPTIONS)}"
         )
+    if count_options.get("plot") not in (None, False, True):
+        raise ParameterError("count_stacks: plot is True or False (one PNG beside each CSV)")
     if scheduler is not None and n_workers is not None:
         raise ParameterError("n_workers sizes a local cluster: not with a scheduler address")
     if n_workers is not None and int(n_workers) < 1:

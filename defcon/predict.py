@@ -207,8 +207,8 @@ class StackCounts:
     truncated : tuple of (int or None, int) or None
         ``(declared frames or None, frames read)`` when the stack was truncated
         and ``allow_truncated`` read its intact frames, else None.
-    counts_path, density_path : Path or None
-        The counts CSV and the density maps written, if asked for.
+    counts_path, density_path, plot_path : Path or None
+        The counts CSV, the density maps and the counts plot (PNG) written, if asked for.
     """
 
     frames: np.ndarray
@@ -220,6 +220,7 @@ class StackCounts:
     truncated: tuple | None
     counts_path: Path | None
     density_path: Path | None
+    plot_path: Path | None = None
 
     @property
     def counted(self):
@@ -242,6 +243,7 @@ def count_tiff(
     stack_options=None,
     progress=False,
     overwrite=False,
+    plot=None,
 ):
     """Count the emitters of every frame of a TIFF stack, streaming it; ``defcon predict``.
 
@@ -285,6 +287,11 @@ def count_tiff(
         Show a progress bar (on a terminal only).
     overwrite : bool
         Replace existing output files that are not defcon outputs of the same kind.
+    plot : bool, str or Path, optional
+        Also write a PNG of the count and the maximum local count of every frame
+        (:func:`defcon.plots.plot_counts`, the numbers of the CSV): a ``.png``
+        path, or True for the path of ``counts`` with ``.png`` for its suffix.
+        An existing PNG is replaced; another file only with ``overwrite``.
 
     Returns
     -------
@@ -301,6 +308,8 @@ def count_tiff(
         An output would replace an input, or a file defcon did not write.
     FrameIndexError
         ``index`` names a frame outside the stack.
+    ParameterError
+        ``plot=True`` without ``counts``.
 
     Examples
     --------
@@ -318,6 +327,17 @@ def count_tiff(
             same_kind=is_counts_csv,
             overwrite=overwrite,
             what="counts CSV",
+        )
+    plot = _plot_path(plot, counts)
+    if plot is not None:
+        from .plots import check_png_output
+
+        check_png_output(
+            plot,
+            inputs,
+            [counts, density_output],
+            overwrite=overwrite,
+            what="counts plot",
         )
     values, flags = [], []
     with (
@@ -371,18 +391,24 @@ def count_tiff(
             raise UnsupportedFileError(
                 f"{stack.path}: {len(values)} frames counted but {holds} {len(frames)}"
             )
-    values = np.array(values, np.float64).reshape(-1, 2)
-    return StackCounts(
-        frames=frames,
-        counts=values[:, 0],
-        max_local_counts=values[:, 1],
-        flags=tuple(flags),
-        box_size=int(box_size),
-        envelope_summary=check.summary() if check is not None else None,
-        truncated=stack.truncated,
-        counts_path=None if counts is None else Path(counts),
-        density_path=None if density_output is None else Path(density_output),
-    )
+        values = np.array(values, np.float64).reshape(-1, 2)
+        result = StackCounts(
+            frames=frames,
+            counts=values[:, 0],
+            max_local_counts=values[:, 1],
+            flags=tuple(flags),
+            box_size=int(box_size),
+            envelope_summary=check.summary() if check is not None else None,
+            truncated=stack.truncated,
+            counts_path=None if counts is None else Path(counts),
+            density_path=None if density_output is None else Path(density_output),
+            plot_path=plot,
+        )
+        if plot is not None:  # before the other outputs appear: a failed plot leaves none
+            from .plots import plot_counts
+
+            plot_counts(result, plot, title=stack.path.name)
+    return result
 
 
 def iter_predict_tiff(
@@ -462,6 +488,19 @@ def _checked_chunks(model, stack, frames, check, **options):
                 [""] * len(chunk_frames) if check is None else check.flags(chunk_frames, density)
             )
             yield chunk_frames, density, flags
+
+
+def _plot_path(plot, counts):
+    """The counts plot's path for ``count_tiff(plot=...)``, or None for no plot."""
+    if plot is None or plot is False:
+        return None
+    if plot is True:
+        if counts is None:
+            raise ParameterError("plot=True puts the plot beside the counts CSV: give counts too")
+        from .plots import counts_plot_path
+
+        return counts_plot_path(counts)
+    return Path(plot)
 
 
 def _density_network(model):
