@@ -23,6 +23,13 @@ REQUIRED = object()
 _POSITIVE = (lambda v: v > 0, "a number > 0")
 _NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
 _FRACTION = (lambda v: 0 < v < 1, "a fraction strictly between 0 and 1")
+
+
+def _device_count(raw):
+    """``[General] Devices``: 'all' (any case) or a whole number."""
+    return "all" if raw.lower() == "all" else int(raw)
+
+
 _STAGE_KEYS = {
     "batchsize": (int, 32, _POSITIVE),
     "numepochs": (int, 15, _NON_NEGATIVE),
@@ -42,6 +49,7 @@ SCHEMA = {
         "initialmodel": (Path, None, None),
         "augment": (bool, False, None),
         "countcalibration": (bool, True, None),
+        "devices": (_device_count, 1, (lambda v: v == "all" or v >= 1, "'all' or a number >= 1")),
     },
     "SegNet": dict(_STAGE_KEYS),
     "DensityNet": {
@@ -82,6 +90,7 @@ class TrainingConfig:
     initialmodel: Path
     augment: bool
     countcalibration: bool
+    devices: int | str = 1
     seg: StageConfig = field(default=None)
     density: StageConfig = field(default=None)
 
@@ -186,6 +195,7 @@ _DISPLAY = {
     "initialmodel": "InitialModel",
     "augment": "Augment",
     "countcalibration": "CountCalibration",
+    "devices": "Devices",
     "batchsize": "BatchSize",
     "numepochs": "NumEpochs",
     "validationsplit": "ValidationSplit",
@@ -219,7 +229,12 @@ def _read_value(section_proxy, section, key, spec, base, problems):
         else:
             value = kind(raw)
     except ValueError:
-        expected = {int: "a whole number", float: "a number", bool: "true or false"}[kind]
+        expected = {
+            int: "a whole number",
+            float: "a number",
+            bool: "true or false",
+            _device_count: "'all' or a whole number",
+        }[kind]
         problems.append(f"{where}: {raw!r} is not {expected}")
         return None
     if check is not None and not check[0](value):

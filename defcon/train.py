@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from .config import read_config
+from .devices import even_batches, training_devices, training_scope
 from .errors import ConfigError, OverwriteError, TrainingError
 from .files import atomic_path
 from .models import SEGMENTATION_LAYER_NAMES, CountMAE, DensityLoss
@@ -73,6 +74,7 @@ def train(config_file, verbose=1, overwrite=False):
             "--overwrite (overwrite=True) to replace it, or change ModelName "
             "or OutputDir"
         )
+    devices = training_devices(config)
     keras.utils.set_random_seed(config.seed)
     config.outputdir.mkdir(parents=True, exist_ok=True)
     config.weightdir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +83,9 @@ def train(config_file, verbose=1, overwrite=False):
         shutil.copyfile(config.config_file, config_copy)
     initial = FCN.from_file(config.initialmodel) if config.initialmodel else None
     history = _History(config.outputdir / "history.tsv")
-    with open_compact_set(config.trainingsetpath) as h5file:
+    # Models, optimizers, losses and metrics are made inside the scope (replicated when
+    # several devices train); the saved model is a plain Keras model.
+    with training_scope(devices), open_compact_set(config.trainingsetpath) as h5file:
         seg_model = FCN(
             output="seg",
             seed=config.seed,
@@ -91,7 +95,9 @@ def train(config_file, verbose=1, overwrite=False):
         if initial is not None:
             _start_from(initial, seg_model, config.initialmodel)
         seg_weights = config.weightdir / (Path(config.modelname).stem + ".seg.weights.h5")
-        _fit_stage(seg_model, "seg", config.seg, config, h5file, seg_weights, history, verbose)
+        _fit_stage(
+            seg_model, "seg", config.seg, config, h5file, seg_weights, history, verbose, devices
+        )
 
         density_model = FCN(
             output="density",
@@ -114,6 +120,7 @@ def train(config_file, verbose=1, overwrite=False):
             config.checkpoint_file,
             history,
             verbose,
+            devices,
         )
         count_scale = 1.0
         if config.countcalibration:
@@ -156,7 +163,9 @@ def _calibrate_count(model, val_batches, config_file):
     predicted = target = 0.0
     for index in range(len(val_batches)):
         x, y = val_batches[index]
-        predicted += float(model.predict_on_batch(x).sum(dtype=np.float64))
+        # predict, not predict_on_batch: only predict splits a batch across devices.
+        prediction = model.predict(x, batch_size=len(x), verbose=0)
+        predicted += float(prediction.sum(dtype=np.float64))
         target += float(y.sum(dtype=np.float64))
     if not (predicted > 0 and target > 0 and math.isfinite(predicted)):
         raise TrainingError(
@@ -198,9 +207,10 @@ def _start_from(initial, model, path):
     return copied
 
 
-def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbose):
+def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbose, devices=None):
     """Fit one stage; the best epoch (lowest val_loss) is restored and saved.
 
+    ``devices`` is :func:`defcon.devices.training_devices`' answer (None: one device).
     Returns the validation batches, or None when the stage has no epochs.
     """
     if settings.numepochs == 0:
@@ -226,6 +236,10 @@ def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbo
     )
     val_batches = CompactSetBatches(
         h5file, stage, (n_frames - n_val, n_frames), settings.batchsize, shuffle=False
+    )
+    train_batches, val_batches = (
+        even_batches(train_batches, devices),
+        even_batches(val_batches, devices),
     )
     if stage == "seg":
         loss, metrics = keras.losses.BinaryCrossentropy(), []
@@ -338,37 +352,13 @@ def _format_cell(value):
 
 
 def _plot_curves(rows, path):
-    """Plot loss per stage and validation count MAE per epoch to a PNG."""
-    import matplotlib
+    """Plot loss per stage and validation count MAE per epoch to a PNG, kept epochs marked.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    See :func:`defcon.plots.plot_training_curves`; returns the PNG's Path.
+    """
+    from .plots import plot_training_curves
 
-    stages = [s for s in ("seg", "density") if any(r["stage"] == s for r in rows)]
-    fig, axes = plt.subplots(
-        1, len(stages) + 1, figsize=(4.5 * (len(stages) + 1), 3.6), squeeze=False
-    )
-    axes = axes[0]
-    for ax, stage in zip(axes, stages):
-        epochs = [r["epoch"] for r in rows if r["stage"] == stage]
-        for column in ("loss", "val_loss"):
-            ax.plot(
-                epochs, [r[column] for r in rows if r["stage"] == stage], marker="o", label=column
-            )
-        ax.set(title=f"{stage} stage", xlabel="epoch", ylabel="loss", yscale="log")
-        ax.legend()
-    density = [r for r in rows if r["stage"] == "density"]
-    axes[-1].plot(
-        [r["epoch"] for r in density], [r["val_count_mae"] for r in density], marker="o", color="C2"
-    )
-    axes[-1].set(
-        title="validation count error", xlabel="epoch", ylabel="mean |count error| per frame"
-    )
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return plot_training_curves(rows, path).path
 
 
 class _CallableModule(types.ModuleType):
