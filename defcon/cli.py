@@ -805,6 +805,12 @@ def _add_export(sub):
         "(ONNX + TF SavedModel weights, test tensors, docs, SHA-256 of every file)",
     )
     p.add_argument(
+        "--czann",
+        metavar="FILE",
+        help="write a ZEISS ZEN / arivis regression model (.czann, via czmodel): the "
+        "density map, tiles of 256 px with a border of the receptive margin",
+    )
+    p.add_argument(
         "--training-dir",
         metavar="DIR",
         help="with --bioimageio: the training "
@@ -849,14 +855,30 @@ def _run_export(args):
     from .backends import require_tensorflow
     from .networks import FCN
 
-    if not (args.fiji or args.tf1 or args.tf2 or args.onnx or args.bioimageio):
+    if not (args.fiji or args.tf1 or args.tf2 or args.onnx or args.bioimageio or args.czann):
         raise SystemExit(
             "defcon export: error: say what to write: --fiji, --tf1, --tf2, "
-            "--onnx and/or --bioimageio"
+            "--onnx, --bioimageio and/or --czann"
         )
     require_tensorflow("defcon export")
     _check_export_outputs(args)
+    if args.czann:
+        from .czann import is_czann
+        from .files import check_output
+
+        check_output(
+            args.czann,
+            [args.model, args.training_set],
+            same_kind=is_czann,
+            overwrite=args.overwrite,
+            what="--czann export",
+        )
     model = FCN.from_file(args.model)
+    if args.czann:
+        from .czann import export_czann
+
+        path = export_czann(model, args.czann, overwrite=args.overwrite)
+        print(f"wrote {path} (check it with: defcon info {path})")
     if args.onnx or args.bioimageio:
         from . import package
 

@@ -27,12 +27,16 @@ def describe(path):
     kind = _kind(path)
     if kind == "package":
         return describe_package(path)
+    if kind == "czann":
+        from .czann import describe_czann
+
+        return describe_czann(path)
     if kind == "model":
         return _describe_model(path)
     if kind is None:
         raise UnsupportedFileError(
             f"{path}: not a file defcon knows (expected an HDF5 "
-            "training set, a .keras / .h5 model or a model package)"
+            "training set, a .keras / .h5 model, a model package or a .czann)"
         )
     with TrainingSet(path, "r") as ts:
         lengths = ts.frame_counts()["input"]
@@ -63,11 +67,14 @@ def loads_a_network(path):
 
 
 def _kind(path):
-    """'package', 'model', 'set' (a TrainingSet or compact set) or None for ``path``."""
+    """'package', 'czann', 'model', 'set' (a TrainingSet or compact set) or None."""
+    from .czann import is_czann
     from .package_reader import is_package
 
     if is_package(path):
         return "package"
+    if path.suffix.lower() == ".czann" or is_czann(path):
+        return "czann"
     if path.suffix == ".keras":
         return "model"
     if not h5py.is_hdf5(path):

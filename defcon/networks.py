@@ -137,7 +137,10 @@ class FCN(keras.Model):
         never unmarshalled); weights-only HDF5 files written by Keras
         checkpoints (``*.weights.h5`` of Keras 3, or Keras 2 ``save_weights``);
         bioimage.io packages written by defcon (zip or folder; every SHA-256 is
-        checked first, see :func:`defcon.package_reader.load_package`).
+        checked first, see :func:`defcon.package_reader.load_package`); ZEN
+        ``.czann`` files (checked by :func:`defcon.czann.read_czann`), returned
+        as an onnxruntime-backed :class:`defcon.czann.CzannModel` that predicts
+        (``predict``, ``predict_stack``) but is not an FCN.
 
         Parameters
         ----------
@@ -169,6 +172,8 @@ class FCN(keras.Model):
         path = existing_file(path, "model file")
         if is_package(path):
             model = load_package(path)
+        elif path.suffix.lower() == ".czann":
+            return _load_czann(path, output)
         elif path.suffix == ".keras":
             model = _load_keras_file(path)
         elif h5py.is_hdf5(path):
@@ -497,6 +502,14 @@ def _missing_model(path):
             f"format: load {keras_file}"
         )
     return MissingFileError(f"{path}: model file not found")
+
+
+def _load_czann(path, output):
+    from .czann import CzannModel
+
+    if output not in (None, "density"):
+        raise ModelKindError(f"{path}: a .czann model has a density output only, not '{output}'")
+    return CzannModel(path)
 
 
 def _load_keras_file(path):
