@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import ConfigError, DefconError
 from .files import existing_file
-from .resources import shipped_model_file
+from .resources import model_file
 from .streaming import open_compact_set
 
 log = logging.getLogger(__name__)
@@ -222,10 +222,10 @@ def _read_value(section_proxy, section, key, spec, base, problems):
     try:
         if kind is bool:
             value = section_proxy.getboolean(key)
+        elif kind is Path and key == "initialmodel":
+            value = model_file(raw, base).resolve()
         elif kind is Path:
             value = (base / raw).resolve()
-            if key == "initialmodel" and not value.exists():
-                value = shipped_model_file(raw) or value
         else:
             value = kind(raw)
     except ValueError:

@@ -37,16 +37,12 @@ CZANN_OPSET = 18
 TILE_SIZE = 256
 #: Largest model.json or checksum list read, bytes.
 MAX_TEXT_BYTES = 1 << 20
-INSTALL = "install the optional dependencies: pip install 'defcon[czann]'"
 
 
 def _require(module, error):
-    import importlib
+    from .package_reader import require_module
 
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise error(f"'{module}' is needed for .czann files; {INSTALL}") from err
+    return require_module(module, error, needed_for=".czann files", extra="czann")
 
 
 def is_czann(path):

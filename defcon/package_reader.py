@@ -39,14 +39,20 @@ MAX_PACKAGE_BYTES = 2 << 30
 MAX_RATIO = 200
 
 
-def require_module(module, error=ModelFileError):
-    """Import an optional dependency, or raise ``error`` saying how to install it."""
+def require_module(
+    module, error=ModelFileError, needed_for="model packages and ONNX", extra="bioimageio"
+):
+    """Import an optional dependency, or raise ``error`` saying how to install it.
+
+    ``needed_for`` says what the module is for and ``extra`` names the optional
+    dependencies (``pip install 'defcon[extra]'``) that bring it.
+    """
     try:
         return importlib.import_module(module)
     except ImportError as err:
         raise error(
-            f"'{module}' is needed for model packages and ONNX; install the optional "
-            "dependencies: pip install 'defcon[bioimageio]'"
+            f"'{module}' is needed for {needed_for}; install the optional "
+            f"dependencies: pip install 'defcon[{extra}]'"
         ) from err
 
 

@@ -44,16 +44,20 @@ def shipped_model_file(name):
     return FOLDER / f"{name}.keras" if name in PRETRAINED_MODELS else None
 
 
-def model_file(spec):
+def model_file(spec, folder="."):
     """``spec`` as a path: a shipped model's name gives its file, unless such a file exists.
 
     Parameters
     ----------
     spec : str or Path
+    folder : str or Path
+        Where a relative ``spec`` is looked for (a configuration file's folder).
 
     Returns
     -------
     Path
+        ``folder / spec``, or the shipped model's file.
     """
+    path = Path(folder) / spec
     shipped = shipped_model_file(spec)
-    return shipped if shipped is not None and not Path(spec).exists() else Path(spec)
+    return shipped if shipped is not None and not path.exists() else path
