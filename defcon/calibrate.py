@@ -10,9 +10,11 @@ frames, evenly spaced, at most :data:`SAMPLE_PIXELS` pixels):
 - **gain** (photon transfer): the variance of a pixel is
   ``F² g (mu - offset) + read²`` (ADU²) where ``mu`` is its mean, ``g`` the
   ADU per photoelectron and ``F²`` the excess noise factor (2 for EMCCD, else
-  1). The background gives it without any model: per pixel, the mean and half
-  the mean squared difference of consecutive frames (blind to drift), over the
-  frames where the pixel is far from any spot. With dark frames (per-pixel
+  1). The background gives it without any model: per pixel, the mean and the
+  variance of the difference of consecutive frames (blind to drift) less its
+  4 neighbours' mean (blind to light that varies smoothly over the frame:
+  tails and haze of blinking emitters), over the frames where the pixel is
+  far from any spot. With dark frames (per-pixel
   offset and read variance known) that is a ratio of sums over pixels; without
   them, pixels binned by mean (gradients, haze) give points of a line. Spot-fit
   residuals binned by model value give points from the background up to the spot
@@ -38,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 from scipy.special import erf
-from scipy.stats import gaussian_kde
+from scipy.stats import gaussian_kde, spearmanr
 
 from . import conditions as C
 from .envelope import FRAME_PX, estimate_psf_sigma
@@ -59,6 +61,12 @@ MIN_SPOTS = 20
 TRUSTED_SPOTS, TRUSTED_SNR = 100, 5.0
 #: Above this relative standard error of the gain, the result carries a warning.
 TRUSTED_GAIN_ERROR = 0.1
+#: Photons per spot less than this many times the detection limit carry a
+#: warning: only the brightest emitters were detected, the estimate runs high.
+TRUSTED_LIMIT_RATIO = 2.0
+#: Above this rank correlation of spot width and photons, the result carries a
+#: warning: spots hold several emitters (clusters, crowding) and photons run high.
+TRUSTED_WIDTH_CORRELATION = 0.6
 #: Bit depths told apart; the smallest holding the brightest pixel is reported
 #: (a camera that never saturated may have more bits).
 BIT_DEPTHS = (12, 14, 16)
@@ -115,12 +123,16 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
         ``pixel_size_nm``, ``offset_adu``, ``adu_per_electron`` (and
         ``gain_sources``: the estimates combined, with their standard errors),
         ``read_noise_adu``, ``background_electrons``, ``psf_sigma_px`` (and its
-        spread), ``photons_median``, ``photons_full_frame`` (the most common
-        brightness: an emitter on for the whole exposure) and
-        ``photons_log_spread`` (detected photoelectrons per spot),
+        spread), ``photons_median``, ``photons_full_frame`` (the median
+        brightness of emitters on for a whole exposure: spots seen in the
+        frames before and after too) and ``photons_log_spread`` (detected
+        photoelectrons per spot), ``detection_limit_photons`` (the dimmest
+        spot detected), ``width_photons_correlation`` (rank correlation of
+        fitted widths and photons: near 0 for single emitters),
         ``emitters_per_frame`` (5th, 95th percentiles per 64 x 64 pixels),
         ``n_spots``, ``peak_snr``, ``warnings`` (a list of str: few spots, dim
-        spots) and ``conditions``: the :func:`defcon.simulate.simulate`
+        spots, photons near the detection limit, merged spots, uncertain
+        gain) and ``conditions``: the :func:`defcon.simulate.simulate`
         keywords of a stack like this one. Private arrays for
         :func:`write_report` are under ``"_arrays"``.
 
@@ -139,7 +151,7 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
         dark_maps = _dark_maps(*_sample(dark, dark_name)[:2])
     sigma0, _ = estimate_psf_sigma(frames)
     sigma0 = 1.5 if not math.isfinite(sigma0) else float(np.clip(sigma0, 0.6, 4.0))
-    background, flat, counts, spots, quiet = _spots(frames, sigma0)
+    background, flat, counts, spots, sustained, quiet, limit_adu = _spots(frames, pairs, sigma0)
     if len(spots) < MIN_SPOTS:
         raise CalibrationError(
             f"{name}: only {len(spots)} isolated spots found (need {MIN_SPOTS}); "
@@ -151,7 +163,7 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
     del flat
     if ok.any():
         ok &= np.abs(params[:, 2] / _in_focus(params[ok, 2]) - 1) < WIDTH_TOLERANCE
-    params, mu, resid2, data = params[ok], mu[ok], resid2[ok], data[ok]
+    params, mu, resid2, data, sustained = params[ok], mu[ok], resid2[ok], data[ok], sustained[ok]
     # Spots whose residuals exceed the noise model (4 standard deviations of
     # their mean chi²) are misfits (neighbours): the gain is estimated again
     # without them. When that would leave out most spots (noise not Gaussian),
@@ -179,9 +191,15 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
             f"slope {slope:.3g} ADU, offset {offset:.1f} ADU): record dark frames with the same "
             "camera settings and pass them with --dark"
         )
-    params = params[good]
+    params, sustained = params[good], sustained[good]
     gain = slope / EXCESS_NOISE[camera]  # ADU per photoelectron
     sigmas, photons = params[:, 2], params[:, 3] / gain
+    # Emitters on for a whole frame, in the sparser half of the frames (fewer merged spots).
+    sparse = counts[spots[ok][good][:, 0]] <= np.median(counts)
+    full_frame = next(
+        (photons[m] for m in (sustained & sparse, sustained) if np.count_nonzero(m) >= MIN_SPOTS),
+        photons,
+    )
     background_adu = _mean_background(background, stats)
     bg_electrons = max((background_adu - offset) / gain, 0.0)
     per_frame = counts * FRAME_PX / (info["height"] * info["width"])
@@ -201,8 +219,10 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
         "psf_sigma_px": _in_focus(sigmas),
         "psf_sigma_iqr_px": [float(q) for q in np.percentile(sigmas, [25, 75])],
         "photons_median": float(np.median(photons)),
-        "photons_full_frame": _mode(photons),
+        "photons_full_frame": float(np.median(full_frame)),
         "photons_log_spread": float(np.std(np.log(np.clip(photons, 1.0, None)))),
+        "detection_limit_photons": limit_adu / gain,
+        "width_photons_correlation": float(spearmanr(sigmas, photons)[0]),
         "emitters_per_frame": [float(q) for q in np.percentile(per_frame, [5, 95])],
         "n_spots": int(len(params)),
     }
@@ -218,6 +238,18 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
             (result["n_spots"] < TRUSTED_SPOTS, f"only {result['n_spots']} spots fitted"),
             (result["peak_snr"] < TRUSTED_SNR, f"dim spots (peak SNR {result['peak_snr']:.1f})"),
             (
+                result["photons_full_frame"]
+                < TRUSTED_LIMIT_RATIO * result["detection_limit_photons"],
+                "photons near the detection limit (only the brightest spots were seen): "
+                "photons per emitter read high",
+            ),
+            (
+                result["width_photons_correlation"] > TRUSTED_WIDTH_CORRELATION,
+                "brighter spots are wider (correlation "
+                f"{result['width_photons_correlation']:.2f}): spots hold several emitters "
+                "(clusters or crowding), photons per emitter and PSF width read high",
+            ),
+            (
                 noise["error"] > TRUSTED_GAIN_ERROR * slope,
                 f"gain uncertain (standard error {100 * noise['error'] / slope:.0f} %): "
                 "dark frames (--dark) pin the offset and read noise",
@@ -230,6 +262,7 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
     result["_arrays"] = {
         "sigmas": sigmas,
         "photons": photons,
+        "sustained": sustained,
         "background": background,
         "transfer": _transfer_points(mu[good], resid2[good], stats),
         "examples": _examples(data[good], mu[good], params[:, 3]),
@@ -247,19 +280,6 @@ def _in_focus(sigmas):
         return float(np.median(sigmas))
     grid = np.linspace(sigmas.min(), sigmas.max(), 512)
     return float(grid[np.argmax(gaussian_kde(sigmas)(grid))])
-
-
-def _mode(photons):
-    """Most common photons per spot (log-scale kernel density peak), photoelectrons.
-
-    Spots of emitters that switch on or off during the exposure are dimmer
-    than the rest; the peak is the brightness of an emitter on for a whole frame.
-    """
-    logs = np.log(np.clip(photons, 1.0, None))
-    if np.ptp(logs) == 0:
-        return float(np.exp(logs[0]))
-    grid = np.linspace(logs.min(), logs.max(), 512)
-    return float(np.exp(grid[np.argmax(gaussian_kde(logs)(grid))]))
 
 
 def _sample(stack, name):
@@ -331,20 +351,22 @@ def _dark_maps(frames, pairs):
     return {"offset": offset, "read_var": None}
 
 
-def _spots(frames, sigma):
+def _spots(frames, pairs, sigma):
     """Background map, frames less fixed pattern, spots per frame, isolated spots, quiet pixels.
 
     Returns ``background`` (H, W) ADU, ``frames`` (k, H, W) with the
     pixel-to-pixel offset pattern removed (a new array), ``counts`` (k,) spots
-    per frame, ``spots`` (n, 3) int: frame, row, column of isolated spots, and
-    ``quiet`` (k, H, W) bool: pixels far from any spot (faint ones included).
+    per frame, ``spots`` (n, 3) int: frame, row, column of isolated spots,
+    ``sustained`` (n,) bool: spots seen in the frames before and after theirs
+    too (see :func:`_sustained`), ``quiet`` (k, H, W) bool: pixels far
+    from any spot (faint ones included), and the detection limit: the
+    integrated ADU of the dimmest spot of width ``sigma`` detected.
     """
     median = np.median(frames, axis=0)
     # Spots stand out of a difference of Gaussians whatever the background does
     # (ramps of density, gradients, bleaching). Its noise is that of the sparsest
     # frames: in crowded ones, overlapping spots would raise the threshold.
-    smooth = ndimage.gaussian_filter(frames, (0, sigma, sigma))
-    smooth -= ndimage.gaussian_filter(frames, (0, 3 * sigma, 3 * sigma))
+    smooth = _difference_of_gaussians(frames, sigma)
     centred = smooth - np.median(smooth, axis=(1, 2), keepdims=True)
     per_frame = 1.4826 * np.median(np.abs(centred), axis=(1, 2))
     noise = float(np.percentile(per_frame, 10))
@@ -376,7 +398,46 @@ def _spots(frames, sigma):
     # Far from any spot: from the spots seen in the filtered frames, and from
     # any pixel brighter than its usual background.
     quiet = _quiet(frames, sigma) & ~ndimage.binary_dilation(faint, _disc(3 * sigma + 1)[None])
-    return background, flat, counts, spots[:: max(1, math.ceil(len(spots) / MAX_SPOTS))], quiet
+    spots = spots[:: max(1, math.ceil(len(spots) / MAX_SPOTS))]
+    # A spot centred on a pixel, integrated ADU per unit of its filtered peak.
+    half = int(math.ceil(6 * sigma))
+    unit = np.zeros((1, 2 * half + 1, 2 * half + 1), np.float32)
+    unit[0, half, half] = 1.0
+    unit = ndimage.gaussian_filter(unit, (0, sigma, sigma))  # a spot of 1 ADU
+    limit = DETECT_Z * noise / float(_difference_of_gaussians(unit, sigma).max())
+    return background, flat, counts, spots, _sustained(spots, faint, pairs), quiet, limit
+
+
+def _difference_of_gaussians(frames, sigma):
+    """Frames (k, H, W) smoothed at ``sigma`` less smoothed at ``3 sigma``: spots stand out."""
+    smooth = ndimage.gaussian_filter(frames, (0, sigma, sigma))
+    smooth -= ndimage.gaussian_filter(frames, (0, 3 * sigma, 3 * sigma))
+    return smooth
+
+
+def _sustained(spots, peaks, pairs, radius=1.5):
+    """Spots (n,) bool with a peak within ``radius`` px in the frames before and after theirs.
+
+    An emitter seen in three consecutive frames was on for the whole middle
+    one (short blinks aside): those spots give the full-frame brightness,
+    where the others mix in emitters that switched on or off during the exposure.
+
+    Parameters
+    ----------
+    spots : ndarray of shape (n, 3)
+        Frame, row, column.
+    peaks : ndarray of shape (k, H, W), bool
+    pairs : ndarray of shape (m, 2)
+        Indices of consecutive frames.
+    """
+    before, after = np.full(len(peaks), -1), np.full(len(peaks), -1)
+    before[pairs[:, 1]], after[pairs[:, 0]] = pairs[:, 0], pairs[:, 1]
+    f, r, c = spots.T
+    sustained = (before[f] >= 0) & (after[f] >= 0)
+    near = ndimage.binary_dilation(peaks, _disc(radius)[None])
+    for neighbour in (before, after):
+        sustained[sustained] &= near[neighbour[f[sustained]], r[sustained], c[sustained]]
+    return sustained
 
 
 def _quiet(frames, sigma, z=3.0):
@@ -496,6 +557,14 @@ def _fit_spots(frames, spots, sigma0, iterations=30):
     return p, mu, resid2, ok, y
 
 
+#: Difference of a pixel and its 4 neighbours' mean: white noise passes, light
+#: that varies smoothly over the frame does not.
+HIGH_PASS = np.array([[0, -0.25, 0], [-0.25, 1, -0.25], [0, -0.25, 0]], np.float32)
+#: What :data:`HIGH_PASS` makes of independent per-pixel variances ``v``:
+#: ``sum(HIGH_PASS² * v)``, normalised to 1 for equal variances.
+HIGH_PASS_VARIANCE = HIGH_PASS**2 / float((HIGH_PASS**2).sum())
+
+
 def _temporal(frames, pairs, quiet):
     """Per-pixel temporal statistics of the background, where it is far from spots.
 
@@ -509,14 +578,20 @@ def _temporal(frames, pairs, quiet):
     Returns
     -------
     dict
-        ``pairs`` (H, W): pairs where the pixel is quiet in both frames;
-        ``mean`` (H, W) ADU over the frames of those pairs; ``var`` (H, W)
-        ADU², half their mean squared difference; ``skew`` (H, W) ADU³, the
-        third central moment over those frames.
+        ``pairs`` (H, W): pairs where the pixel and its 4 neighbours are quiet
+        in both frames; ``mean`` (H, W) ADU over the frames where it is quiet;
+        ``var`` (H, W) ADU², the variance of one frame's noise from the mean
+        square of the pair differences high-passed by :data:`HIGH_PASS` (a
+        variance map ``v`` reads as :func:`_as_high_passed` of ``v``);
+        ``skew`` (H, W) ADU³, the third central moment over those frames.
     """
     a, b = pairs.T
-    both = quiet[a] & quiet[b]
-    squares = np.where(both, (frames[a] - frames[b]).astype(float) ** 2, np.nan)
+    cross = ndimage.generate_binary_structure(2, 1)[None]
+    quiet_pairs = quiet[a] & quiet[b]
+    both = ndimage.binary_erosion(quiet_pairs, cross, border_value=0)
+    diff = ndimage.convolve(frames[a] - frames[b], HIGH_PASS[None], mode="constant")
+    squares = np.where(both, diff.astype(float) ** 2 * (0.5 / (HIGH_PASS**2).sum()), np.nan)
+    del diff
     # Light of spots too faint to be seen still reaches some pairs: squares
     # beyond 4 standard deviations of a Gaussian difference are left out.
     with np.errstate(all="ignore"), warnings.catch_warnings():
@@ -525,16 +600,21 @@ def _temporal(frames, pairs, quiet):
     both &= ~(squares > limit)
     n = both.sum(axis=0).astype(float)
     var = np.where(both, squares, 0.0).sum(axis=0)
-    used = np.zeros(frames.shape, bool)
-    used[a] |= both
-    used[b] |= both
+    used = np.zeros(frames.shape, bool)  # neighbours' means count too
+    used[a] |= quiet_pairs
+    used[b] |= quiet_pairs
     count = np.maximum(used.sum(axis=0), 1)
     mean = np.where(used, frames, 0.0).sum(axis=0, dtype=float) / count
     skew = np.zeros(frames.shape[1:])
     for lo in range(0, len(frames), 256):
         part = frames[lo : lo + 256] - mean
         skew += np.where(used[lo : lo + 256], part**3, 0.0).sum(axis=0)
-    return {"pairs": n, "mean": mean, "var": var / np.maximum(2 * n, 1), "skew": skew / count}
+    return {"pairs": n, "mean": mean, "var": var / np.maximum(n, 1), "skew": skew / count}
+
+
+def _as_high_passed(variance):
+    """A per-pixel variance map (H, W) as :func:`_temporal`'s ``var`` reads it."""
+    return ndimage.convolve(variance, HIGH_PASS_VARIANCE, mode="nearest")
 
 
 def _sparse_pairs(pairs, counts):
@@ -656,6 +736,8 @@ def _background_points(stats, quiet, n_bins=8):
     (and sCMOS offset) out of its bin. Returns the bins' mean (b,) ADU, mean
     variance (b,) ADU² and the variance of that mean (b,).
     """
+    if np.count_nonzero(quiet) < 20:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
     weight = ndimage.gaussian_filter(quiet.astype(float), 2.0)
     level = ndimage.gaussian_filter(np.where(quiet, stats["mean"], 0.0), 2.0)
     level = (level / np.maximum(weight, 1e-12))[quiet]
@@ -705,8 +787,8 @@ def _dark_slope(stats, quiet, dark_maps, n_groups=16):
     ``mean - offset`` (per pixel: blind to sCMOS offset and read-noise maps);
     its standard error from the spread of the ratio over interleaved groups of pixels.
     """
-    excess = (stats["var"] - dark_maps["read_var"])[quiet]
-    signal = (stats["mean"] - dark_maps["offset"])[quiet]
+    excess = (stats["var"] - _as_high_passed(dark_maps["read_var"]))[quiet]
+    signal = _as_high_passed(stats["mean"] - dark_maps["offset"])[quiet]
     if signal.size < 20 * n_groups or signal.sum() <= 0:
         return 0.0, math.inf
     group = np.arange(signal.size) % n_groups
@@ -936,7 +1018,11 @@ def write_report(calibration, path):
     ax1.set_title(f"PSF sigma {c['psf_sigma_px']:.2f} px ({c['n_spots']} spots)")
     ax2.hist(np.log10(np.clip(arrays["photons"], 1, None)), bins=40, color="0.6")
     ax2.axvline(math.log10(max(c["photons_median"], 1)), color="C0", label="median")
-    ax2.axvline(math.log10(max(c["photons_full_frame"], 1)), color="C3", label="most common")
+    ax2.axvline(
+        math.log10(max(c["photons_full_frame"], 1)),
+        color="C3",
+        label="whole-frame emitters (median)",
+    )
     ax2.legend(fontsize=8)
     ax2.set(xlabel="log10 photoelectrons per spot", ylabel="spots")
     ax2.set_title(f"{c['photons_full_frame']:.0f} photoelectrons per spot")

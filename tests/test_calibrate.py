@@ -59,6 +59,7 @@ def assert_recovered(result, p, offset_adu=None, background=0.15):
         assert result["offset_adu"] == pytest.approx(p["baseline"], abs=offset_adu)
     detected = p["photon_rate"] * p["quantum_efficiency"]
     assert result["photons_full_frame"] == pytest.approx(detected, rel=0.10)
+    assert not [w for w in result["warnings"] if "photons" in w]
     bg = p["background"] * p["quantum_efficiency"]
     assert result["background_electrons"] == pytest.approx(bg, rel=background)
 
@@ -79,6 +80,45 @@ def test_recovers_known_conditions_without_dark_frames(camera):
     result = K.calibrate(stack, camera=camera)
     assert result["offset_source"] == "noise skew, assumed read noise"
     assert_recovered(result, p, offset_adu=10.0, background=0.4)
+
+
+def test_gain_is_blind_to_the_light_of_blinking_neighbours_and_merged_spots_warn():
+    # Bright, wide, crowded spots: no pixel is free of their tails, which
+    # switch with the emitters. Before the frame differences were high-passed
+    # this read the gain 81 % high; the spots merge, so photons are flagged.
+    p = conditions(
+        "emccd", em_gain=30.0, adu_gain=17.0, read_noise=77.0, psf_sigma_px=2.1,
+        photon_rate=14500.0, photon_spread=0.3, background=90.0, baseline=140.0,
+        density_sweep=(0.8, 2.8), bleach_rate=0.5,
+    )  # fmt: skip
+    stack, _ = simulate_stack(400, H, W, seed=1, **p)
+    result = K.calibrate(stack, dark=dark_frames(p, seed=1), camera="emccd")
+    assert result["adu_per_electron"] == pytest.approx(true_gain(p), rel=0.05)
+    assert result["width_photons_correlation"] > K.TRUSTED_WIDTH_CORRELATION
+    assert any("brighter spots are wider" in w for w in result["warnings"])
+
+
+def test_photons_near_the_detection_limit_warn():
+    p = conditions(
+        "ccd", adu_gain=4.0, psf_sigma_px=1.0, photon_rate=350.0, photon_spread=0.4,
+        background=70.0, density_sweep=(0.5, 2.0),
+    )  # fmt: skip
+    stack, _ = simulate_stack(400, H, W, seed=1, **p)
+    result = K.calibrate(stack, dark=dark_frames(p, seed=1), camera="ccd")
+    limit = result["detection_limit_photons"]
+    assert result["photons_full_frame"] < K.TRUSTED_LIMIT_RATIO * limit
+    assert any("near the detection limit" in w for w in result["warnings"])
+
+
+def test_sustained_spots_are_seen_in_the_frames_before_and_after():
+    peaks = np.zeros((5, 10, 12), bool)
+    peaks[0:3, 4, 5] = True  # frames 0-2: the middle one is sustained
+    peaks[3, 4, 6] = True  # frame 3 alone (frame 2's peak is 1 px away, frame 4 has none)
+    spots = np.array([[1, 4, 5], [0, 4, 5], [3, 4, 6], [2, 4, 5]])
+    pairs = np.array([[0, 1], [1, 2], [2, 3], [3, 4]])
+    assert K._sustained(spots, peaks, pairs).tolist() == [True, False, False, True]
+    # Frames 1 and 2 not consecutive in the stack (a gap in the sample): 1 is not sustained.
+    assert K._sustained(spots, peaks, pairs[[0, 2, 3]]).tolist() == [False, False, False, False]
 
 
 def test_bad_frames_are_left_out():
