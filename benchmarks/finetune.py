@@ -155,6 +155,8 @@ def main():
     args = parser.parse_args()
     folder = args.folder
     folder.mkdir(parents=True, exist_ok=True)
+    if not args.skip_recipe:  # a fresh recipe: the last run's training data and model go
+        shutil.rmtree(folder / "finetune", ignore_errors=True)
     print(f"machine: {machine_facts()}")
     ramp = np.linspace(2, 120, 1000)
     stack, _ = render(ramp, 96, 128, seed=1)

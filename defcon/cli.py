@@ -608,8 +608,7 @@ def _run_predict(args):
     from .errors import ParameterError
     from .predict import count_tiff
 
-    many = args.scheduler or args.workers or args.summary
-    if len(args.stacks) > 1 or many or Path(args.stacks[0]).is_dir():
+    if _predicts_many(args):
         return _run_predict_many(args)
     if args.out and args.out_dir:
         raise ParameterError("--out and --out-dir both name the density maps: give one")
@@ -626,6 +625,7 @@ def _run_predict(args):
         density_output=density,
         progress=not args.quiet,
         overwrite=args.overwrite,
+        device=args.device,
         plot=not args.no_plot,
         **_count_options(args),
     )
@@ -668,6 +668,14 @@ def _checked_overlay(args, stack_path, counts, density):
     return path
 
 
+def _predicts_many(args):
+    """Whether ``defcon predict`` counts many stacks (several, a folder, or on Dask)."""
+    from pathlib import Path
+
+    many = args.scheduler or args.workers or args.summary
+    return len(args.stacks) > 1 or many or Path(args.stacks[0]).is_dir()
+
+
 def _run_predict_many(args):
     """``defcon predict`` of several stacks: defcon.distributed.count_stacks, then a report."""
     from .distributed import DEFAULT_SUMMARY, count_stacks
@@ -698,6 +706,7 @@ def _run_predict_many(args):
         recursive=args.recursive,
         progress=not args.quiet,
         overwrite=args.overwrite,
+        device=args.device,
         plot=not args.no_plot,
         **_count_options(args),
     )
@@ -1094,8 +1103,10 @@ def main(argv=None):
     # A job manager's SIGTERM stops the work like Ctrl-C: partial outputs are removed.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        device = getattr(args, "device", None)
-        if _needs_backend(args):
+        # Many stacks: the workers load the backend and take the device, not this process.
+        many = args.command == "predict" and _predicts_many(args)
+        device = None if many else getattr(args, "device", None)
+        if _needs_backend(args) and not many:
             _import_backend(show_device=args.command in ("train", "predict"), device=device)
         if device is None:
             args.run(args)

@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from .backends import DEVICES
 from .errors import (
     DefconError,
     MissingFileError,
@@ -131,6 +132,7 @@ def count_stacks(
     retries=1,
     progress=False,
     overwrite=False,
+    device=None,
     **count_options,
 ):
     """Count the emitters of every frame of many TIFF stacks, in parallel with Dask.
@@ -168,6 +170,9 @@ def count_stacks(
         Show a progress bar over stacks (on a terminal only).
     overwrite : bool
         Replace existing outputs that defcon did not write.
+    device : {'cpu', 'gpu'} or None
+        Where each task runs the network (:func:`defcon.backends.device_scope`,
+        in the worker); None: the backend's default there.
     **count_options
         Passed to :func:`~defcon.predict.count_tiff`: ``index``, ``box_size``,
         ``batch_size``, ``precision``, ``tile_size``, ``check_envelope``,
@@ -204,6 +209,8 @@ def count_stacks(
         raise ParameterError("n_workers sizes a local cluster: not with a scheduler address")
     if n_workers is not None and int(n_workers) < 1:
         raise ParameterError(f"n_workers must be at least 1, got {n_workers}")
+    if device not in (None, *DEVICES):
+        raise ParameterError(f"device must be one of {DEVICES} or None, got {device!r}")
     model = _model_reference(model)
     paths = stack_paths(stacks, recursive=recursive)
     jobs = _plan(model, paths, out_dir, summary, overwrite)
@@ -219,9 +226,9 @@ def count_stacks(
                 len(jobs),
                 INSTALL_HINT,
             )
-        results = _count_serial(model, jobs, options, progress)
+        results = _count_serial(model, jobs, options, device, progress)
     else:
-        results = _count_dask(model, jobs, options, scheduler, n_workers, retries, progress)
+        results = _count_dask(model, jobs, options, device, scheduler, n_workers, retries, progress)
     if summary is not None:
         write_summary(results, summary)
     return results
@@ -426,17 +433,17 @@ def _refuse_shared_outputs(outputs, stacks):
 
 
 # ------------------------------------------------------------------- counting
-def _count_serial(model, jobs, options, progress):
+def _count_serial(model, jobs, options, device, progress):
     """Count the stacks one after another in this process."""
     results = []
     with progress_bar(total=len(jobs), unit="stack", show=progress, desc="stacks") as bar:
         for job in jobs:
-            results.append(_count_task(model, job, options))
+            results.append(_count_task(model, job, options, device))
             bar.update()
     return results
 
 
-def _count_dask(model, jobs, options, scheduler, n_workers, retries, progress):
+def _count_dask(model, jobs, options, device, scheduler, n_workers, retries, progress):
     """Count the stacks as Dask tasks, one per stack; results in the order of ``jobs``."""
     from distributed import as_completed
 
@@ -447,6 +454,7 @@ def _count_dask(model, jobs, options, scheduler, n_workers, retries, progress):
                 model,
                 job,
                 options,
+                device,
                 threads,
                 key=f"defcon-count-{k}-{os.getpid()}-{time.time_ns()}",
                 retries=int(retries),
@@ -545,19 +553,21 @@ _MODEL = {}
 _MODEL_LOCK = threading.Lock()
 
 
-def _count_task(model, job, options, threads=None):
-    """Count one stack (a task): a StackResult, failed for a DefconError.
+def _count_task(model, job, options, device=None, threads=None):
+    """Count one stack (a task) on ``device``: a StackResult, failed for a DefconError.
 
     Other errors propagate, so that Dask retries the task.
     """
+    from .backends import device_scope
     from .predict import count_tiff
 
     start = time.perf_counter()
     try:
-        network = _cached_network(model, threads)
-        counts = count_tiff(
-            network, job.stack, counts=job.counts, density_output=job.density, **options
-        )
+        with device_scope(device):
+            network = _cached_network(model, threads)
+            counts = count_tiff(
+                network, job.stack, counts=job.counts, density_output=job.density, **options
+            )
     except DefconError as err:
         return StackResult(job.stack, None, str(err), time.perf_counter() - start)
     return StackResult(job.stack, counts, "", time.perf_counter() - start)

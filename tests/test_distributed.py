@@ -19,7 +19,7 @@ from distributed import LocalCluster  # noqa: E402
 
 from defcon import distributed as D  # noqa: E402
 from defcon.cli import main  # noqa: E402
-from defcon.errors import DefconError, MissingFileError, OverwriteError  # noqa: E402
+from defcon.errors import DefconError, MissingFileError, OverwriteError, ParameterError  # noqa: E402
 from defcon.predict import count_tiff  # noqa: E402
 
 SHAPE = (12, 40, 56)  # frames, height, width: non-square on purpose
@@ -87,6 +87,7 @@ def test_counts_equal_serial_count_tiff(tmp_path, model_file, scheduler):
         scheduler=scheduler,
         out_dir=tmp_path / "density",
         summary=tmp_path / "summary.csv",
+        device="cpu",
     )
     assert [r.path for r in results] == stacks and all(r.ok for r in results)
     for i, (result, s, want) in enumerate(zip(results, serial, expected)):
@@ -139,6 +140,20 @@ def test_cli_folder_with_broken_stacks(tmp_path, model_file, scheduler, capsys):
     for p in good:
         assert f"{p}: {SHAPE[0]} frames" in out
         assert D.counts_path(p).read_text().startswith("frame,count,max_local_count,flag\n")
+
+
+def test_device_reaches_the_workers(tmp_path, model_file, scheduler):
+    """On a machine without a GPU, --device gpu fails every stack in its worker, saying why."""
+    from defcon.backends import list_devices
+
+    if list_devices("gpu"):
+        pytest.skip("this machine has a GPU")
+    stacks = write_stacks(tmp_path, seeds=(10,))
+    results = D.count_stacks(model_file, stacks, scheduler=scheduler, device="gpu", summary=None)
+    assert [r.ok for r in results] == [False] and "sees no GPU" in results[0].error
+    assert not D.counts_path(stacks[0]).exists()
+    with pytest.raises(ParameterError, match="device must be one of"):
+        D.count_stacks(model_file, stacks, scheduler=scheduler, device="tpu")
 
 
 def test_local_cluster_is_started_and_closed(tmp_path, model_file, monkeypatch):
