@@ -5,15 +5,16 @@ Installed with ``pip install "defcon[napari]"``; napari finds it through the
 
 * :func:`get_reader`: opens the stacks defcon reads (:class:`~defcon.tiffio.TiffStack`)
   as a lazy dask array, read in chunks of frames when napari shows them.
-* :class:`CountingWidget`: runs a density model over an image layer in a worker
-  thread and shows the density maps, the count and maximum local count of every
-  frame, and the densest box of the frame on screen; "Save" writes what
-  ``defcon predict`` writes, by calling :func:`~defcon.predict.count_tiff`.
-* :func:`simulation_widget`: :func:`defcon.simulate.simulate` into a folder, the
+* :class:`CountingWidget`: counts an image layer with
+  :func:`~defcon.predict.count_tiff` in a worker thread and shows the density
+  maps, the count and maximum local count of every frame, and the densest box
+  of the frame on screen; "Save..." keeps the files ``defcon predict`` writes.
+* :class:`SimulationWidget`: :func:`defcon.simulate.simulate` into a folder, the
   stack as an image layer and the true positions as a points layer.
 """
 
-import contextlib
+import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -137,65 +138,6 @@ def box_rectangle(row, col, box_size):
     return np.array([lo, lo + [box_size, 0], lo + box_size, lo + [0, box_size]])
 
 
-def count_frames(model, stack_path, density_file, box_size=7):
-    """Count every frame of a stack, writing the densities to a ``.npy`` file.
-
-    A generator, so that a napari worker reports progress and stops between
-    chunks. Counts come from :func:`~defcon.predict.count_rows` over the chunks
-    of the prediction loop :func:`~defcon.predict.count_tiff` uses.
-
-    Parameters
-    ----------
-    model : FCN
-        A density network.
-    stack_path : str or Path
-    density_file : str or Path
-        ``.npy`` file of shape (N, H, W), float32, filled chunk by chunk.
-    box_size : int
-
-    Yields
-    ------
-    tuple of int
-        ``(frames done, frames)`` after each chunk.
-
-    Returns
-    -------
-    StackCounts
-        With ``counts_path`` and ``density_path`` None (nothing written yet).
-    """
-    from .predict import (
-        StackCounts,
-        _checked_chunks,
-        count_rows,
-        envelope_check_for,
-    )
-
-    values, flags = [], []
-    with TiffStack(stack_path) as stack:
-        frames = np.arange(len(stack))
-        density = np.lib.format.open_memmap(density_file, "w+", np.float32, stack.shape)
-        check = envelope_check_for(model, stack.shape[1:])
-        with contextlib.closing(_checked_chunks(model, stack, frames, check)) as chunks:
-            for chunk_frames, chunk, chunk_flags in chunks:
-                density[chunk_frames] = chunk[..., 0]
-                values += [(c, m) for _, c, m in count_rows(chunk, chunk_frames + 1, box_size)]
-                flags += list(chunk_flags)
-                yield len(values), len(frames)
-        density.flush()
-        values = np.array(values, np.float64).reshape(-1, 2)
-        return StackCounts(
-            frames=frames,
-            counts=values[:, 0],
-            max_local_counts=values[:, 1],
-            flags=tuple(flags),
-            box_size=int(box_size),
-            envelope_summary=check.summary() if check is not None else None,
-            truncated=stack.truncated,
-            counts_path=None,
-            density_path=None,
-        )
-
-
 def draw_counts(figure, result):
     """Draw the count and the maximum local count of every frame on ``figure``.
 
@@ -242,11 +184,31 @@ def _stack_file(layer, folder):
     return path
 
 
+class CountingCancelled(Exception):
+    """Raised in the counting thread, between chunks, after Cancel was pressed."""
+
+
+@functools.cache
+def _progress_signal_class():
+    # Qt classes are made on first use: importing this module needs no Qt.
+    from qtpy.QtCore import QObject, Signal
+
+    class ProgressSignal(QObject):
+        """Carries ``(frames done, frames)`` from the counting thread to the widget."""
+
+        changed = Signal(int, int)
+
+    return ProgressSignal
+
+
 class CountingWidget:
     """Count emitters in an image layer with a DEFCoN model (napari dock widget).
 
-    Qt is imported only when the widget is made: ``import defcon.napari_plugin``
-    works without napari. ``native`` is the Qt widget napari docks.
+    The count is :func:`~defcon.predict.count_tiff`'s, run in a worker thread
+    with ``defcon predict``'s outputs (counts CSV, its plot, density maps) in a
+    temporary folder; "Save..." copies them. Qt is imported only when the
+    widget is made: ``import defcon.napari_plugin`` works without napari.
+    ``native`` is the Qt widget napari docks.
 
     Parameters
     ----------
@@ -255,10 +217,12 @@ class CountingWidget:
     Attributes
     ----------
     result : StackCounts or None
-        What the last run counted.
+        What the last count returned (its files are in a temporary folder).
     density_layer, box_layer : napari layers or None
         The density maps (linked to the frame slider) and the densest box of
         the frame on screen.
+    worker : napari worker or None
+        The last count's.
     """
 
     def __init__(self, napari_viewer):
@@ -288,6 +252,8 @@ class CountingWidget:
             ]
         )
         self.native = self.container.native
+        # napari keeps only `native`, and signals hold their slots weakly.
+        self.native._defcon_widget = self
         self.browse.changed.connect(self._pick_model)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -295,11 +261,12 @@ class CountingWidget:
         self.viewer.layers.events.inserted.connect(self.image.reset_choices)
         self.viewer.layers.events.removed.connect(self.image.reset_choices)
         self.viewer.dims.events.current_step.connect(self._show_frame)
+        self._progress = _progress_signal_class()(self.native)
+        self._progress.changed.connect(self._progressed)
         self.result = self.density_layer = self.box_layer = self.worker = None
-        self._models, self._stack, self._used_model, self._cursors = {}, None, None, []
+        self._models, self._stack, self._cursors, self._plot = {}, None, [], None
         self._folder = tempfile.TemporaryDirectory(prefix="defcon-napari-")
         self.native.destroyed.connect(self._folder.cleanup)
-        self._plot = None
 
     # -------------------------------------------------------------- choices
     def _image_layers(self, _widget=None):
@@ -323,39 +290,58 @@ class CountingWidget:
 
     # --------------------------------------------------------------- counting
     def run(self):
-        """Count the selected layer in a worker thread; returns the worker."""
+        """Count the selected layer in a worker thread.
+
+        Returns
+        -------
+        napari worker or None
+            None when there is no image layer.
+        """
         from napari.qt.threading import thread_worker
+
+        from .distributed import counts_path, density_path
+        from .predict import count_tiff
 
         layer = self.image.value
         if layer is None:
             self.status.value = "no image layer"
             return None
-        self._stack = _stack_file(layer, self._folder.name)
+        stack = _stack_file(layer, self._folder.name)
         name, box_size = self.model.value, int(self.box_size.value)
-        density_file = Path(self._folder.name) / f"density-{id(self)}-{len(self._models)}.npy"
-        if self.density_layer is not None and self.density_layer in self.viewer.layers:
-            self.viewer.layers.remove(self.density_layer)  # releases its memory map
+        out = Path(tempfile.mkdtemp(dir=self._folder.name))  # one folder per count
+
+        def report(done, total):
+            if worker.abort_requested:
+                raise CountingCancelled
+            self._progress.changed.emit(done, total)
 
         def work():
             if name not in self._models:
                 self._models[name] = load_density_model(name)
-            model = self._models[name]
-            return (yield from count_frames(model, self._stack, density_file, box_size))
+            return count_tiff(
+                self._models[name],
+                stack,
+                counts=out / counts_path(stack).name,
+                density_output=density_path(stack, out),
+                box_size=box_size,
+                plot=True,
+                on_chunk=report,
+            )
 
-        self.worker = thread_worker(work, start_thread=False)()
-        self.worker.yielded.connect(self._progressed)
-        self.worker.returned.connect(lambda result: self._counted(result, name, density_file))
-        self.worker.errored.connect(self._failed)
-        self.worker.finished.connect(self._finished)
+        worker = thread_worker(work, start_thread=False, ignore_errors=True)()
+        worker.returned.connect(lambda result: self._counted(result, stack))
+        worker.errored.connect(self._failed)
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        self.progress.value = 0
         self._busy(True, f"counting {layer.name} with {Path(name).name}...")
-        self.worker.start()
-        return self.worker
+        worker.start()
+        return worker
 
     def cancel(self):
-        """Stop the running worker after its current chunk."""
+        """Stop the running count after its current chunk; nothing is kept."""
         if self.worker is not None:
             self.worker.quit()
-            self.status.value = "cancelled"
 
     def _busy(self, busy, text=""):
         self.run_button.enabled = not busy
@@ -363,29 +349,42 @@ class CountingWidget:
         self.save_button.enabled = not busy and self.result is not None
         self.status.value = text
 
-    def _progressed(self, done_total):
-        done, total = done_total
+    def _progressed(self, done, total):
         self.progress.max = total
         self.progress.value = done
 
     def _failed(self, err):
-        self.status.value = f"error: {err}"
+        cancelled = isinstance(err, CountingCancelled)
+        self.status.value = "cancelled" if cancelled else f"error: {err}"
 
     def _finished(self):
         self.run_button.enabled, self.cancel_button.enabled = True, False
         self.save_button.enabled = self.result is not None
 
-    def _counted(self, result, model_name, density_file):
-        self.result, self._used_model = result, model_name
-        density = np.load(density_file, mmap_mode="r")
+    def _counted(self, result, stack):
+        for old in (self.density_layer, self.box_layer):
+            if old is not None and old in self.viewer.layers:
+                self.viewer.layers.remove(old)
+        self.result, self._stack = result, stack
+        density = lazy_stack(result.density_path)
+        shown = np.asarray(density[min(self.current_frame(), len(density) - 1)])
         self.density_layer = self.viewer.add_image(
             density,
-            name=f"{self._stack.stem} density",
+            name=f"{stack.stem} density",
             colormap="inferno",
             blending="additive",
-            metadata={"defcon_density": str(density_file)},
+            contrast_limits=(0.0, float(np.nanmax(shown, initial=0.0)) or 1.0),
+            metadata={"defcon_density": str(result.density_path)},
         )
         self._show_plot()
+        self.box_layer = self.viewer.add_shapes(
+            [box_rectangle(0, 0, result.box_size)],
+            shape_type="rectangle",
+            edge_color="cyan",
+            face_color="transparent",
+            edge_width=0.5,
+            name="densest box",
+        )
         self._show_frame()
         counted = result.counts[result.counted]
         self.status.value = (
@@ -409,70 +408,84 @@ class CountingWidget:
         return int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim >= 3 else 0
 
     def _show_frame(self, _event=None):
-        if self.result is None or self.density_layer is None:
+        # Only updates layers still in the viewer: adding one here, while the
+        # viewer removes its layers (each removal moves the slider), never ends.
+        layers = self.viewer.layers
+        if self.result is None or self.density_layer not in layers:
             return
         frame = min(self.current_frame(), len(self.result.counts) - 1)
-        density = np.asarray(self.density_layer.data[frame])
-        if not np.isfinite(density).all():
-            return
-        size = self.result.box_size
-        rectangle = box_rectangle(*densest_box(density, size), size)
-        if self.box_layer is None or self.box_layer not in self.viewer.layers:
-            self.box_layer = self.viewer.add_shapes(
-                [rectangle],
-                shape_type="rectangle",
-                edge_color="cyan",
-                face_color="transparent",
-                edge_width=0.5,
-                name="densest box",
-            )
-        else:
-            self.box_layer.data = [rectangle]
         for cursor in self._cursors:
             cursor.set_xdata([frame + 1, frame + 1])
         if self._plot is not None:
             self._plot.draw_idle()
+        density = np.asarray(self.density_layer.data[frame])
+        if self.box_layer in layers and np.isfinite(density).all():
+            size = self.result.box_size
+            self.box_layer.data = [box_rectangle(*densest_box(density, size), size)]
 
     # ----------------------------------------------------------------- saving
     def _pick_save_folder(self):
         from qtpy.QtWidgets import QFileDialog
 
+        from .errors import DefconError
+
         folder = QFileDialog.getExistingDirectory(self.native, "Save counts in", "")
         if folder:
-            self.save(folder)
+            try:
+                self.save(folder)
+            except DefconError as err:
+                self.status.value = f"error: {err}"
 
     def save(self, folder):
-        """Write what ``defcon predict STACK --out-dir FOLDER`` writes, in a worker.
+        """Save the last count's files as ``defcon predict`` writes them, in a worker.
 
         ``FOLDER/<stem>_counts.csv``, its plot ``<stem>_counts.png`` and the
-        density maps ``<stem>_density.tif``, written by
-        :func:`~defcon.predict.count_tiff` (the stack is counted again).
+        density maps ``<stem>_density.tif``: the files
+        :func:`~defcon.predict.count_tiff` wrote, copied (those of ``defcon
+        predict STACK --counts FOLDER/<stem>_counts.csv --out-dir FOLDER``).
 
         Returns
         -------
         napari worker
+
+        Raises
+        ------
+        OverwriteError
+            A file would replace the stack, or a file that is not a defcon
+            output of its kind (as ``defcon predict`` refuses).
         """
         from napari.qt.threading import thread_worker
 
-        from .distributed import counts_path, density_path
-        from .predict import count_tiff
+        from .files import check_output
+        from .plots import check_png_output
+        from .predict import check_density_output, is_counts_csv
 
-        counts = Path(folder) / counts_path(self._stack).name
-        density = density_path(self._stack, folder)
-        model = self._models[self._used_model]
-        stack, box_size = self._stack, self.result.box_size
+        result, folder = self.result, Path(folder)
+        sources = (result.counts_path, result.plot_path, result.density_path)
+        counts, plot, density = (folder / path.name for path in sources)
+        check_output(counts, [self._stack], same_kind=is_counts_csv, what="counts CSV")
+        check_density_output(density, [self._stack])
+        check_png_output(plot, [self._stack], [counts, density], what="counts plot")
 
         def work():
-            return count_tiff(
-                model, stack, counts=counts, density_output=density, box_size=box_size, plot=True
-            )
+            for source, target in zip(sources, (counts, plot, density)):
+                _copy(source, target)
+            return counts
 
-        worker = thread_worker(work, start_thread=False)()
-        worker.returned.connect(lambda r: setattr(self.status, "value", f"saved {r.counts_path}"))
+        worker = thread_worker(work, start_thread=False, ignore_errors=True)()
+        worker.returned.connect(lambda path: setattr(self.status, "value", f"saved {path}"))
         worker.errored.connect(self._failed)
         self.status.value = f"saving in {folder}..."
         worker.start()
         return worker
+
+
+def _copy(source, target):
+    """Copy a file; ``target`` appears only once complete (as defcon's outputs)."""
+    from .files import atomic_path
+
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 # ------------------------------------------------------------------ simulation
@@ -526,6 +539,7 @@ class SimulationWidget:
             ]
         )
         self.native = self.container.native
+        self.native._defcon_widget = self  # as CountingWidget's
         self.run_button.changed.connect(self.run)
         self.summary = None
 

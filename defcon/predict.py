@@ -244,6 +244,7 @@ def count_tiff(
     progress=False,
     overwrite=False,
     plot=None,
+    on_chunk=None,
 ):
     """Count the emitters of every frame of a TIFF stack, streaming it; ``defcon predict``.
 
@@ -292,6 +293,10 @@ def count_tiff(
         (:func:`defcon.plots.plot_counts`, the numbers of the CSV): a ``.png``
         path, or True for the path of ``counts`` with ``.png`` for its suffix.
         An existing PNG is replaced; another file only with ``overwrite``.
+    on_chunk : callable, optional
+        Called as ``on_chunk(frames_done, frames)`` after each chunk of frames
+        (the napari widget's progress bar). An exception it raises stops the
+        count, and no output is written.
 
     Returns
     -------
@@ -386,6 +391,8 @@ def count_tiff(
                     table.writerow((f, "", "", flag) if skip else (f, f"{c:.4f}", f"{m:.4f}", flag))
                 flags.append(flag)
             values += [(c, m) for _, c, m in rows]
+            if on_chunk is not None:
+                on_chunk(len(values), len(frames))
         if len(values) != len(frames):  # every frame asked for has a row
             holds = "the stack holds" if index is None else "the index selects"
             raise UnsupportedFileError(
@@ -932,7 +939,8 @@ class _Runner:
                 f"tile_size must be a positive multiple of {SIDE_MULTIPLE}, got {tile_size}"
             )
         self.tile = None if tile_size is None else int(tile_size)
-        auto = max(1, BATCH_PIXELS[self.net.precision] // (self.hp * self.wp))
+        batch_pixels = int(BATCH_PIXELS[self.net.precision] * self.net.batch_share)
+        auto = max(1, batch_pixels // (self.hp * self.wp))
         self.batch = 1 if self.tile else (auto if batch_size is None else int(batch_size))
         if self.batch < 1:
             raise ParameterError(f"batch_size must be >= 1, got {batch_size}")

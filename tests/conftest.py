@@ -16,6 +16,8 @@ import pytest  # noqa: E402
 import tifffile  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+#: Why Qt could not be imported ('' when it could, or when pytest-qt is not installed).
+QT_IMPORT_ERROR = ""
 
 
 def reference_file(*parts):
@@ -24,6 +26,22 @@ def reference_file(*parts):
     if not path.exists():
         pytest.skip(f"reference file {path} not available (the shared/ folder is missing)")
     return path
+
+
+def pytest_addoption(parser, pluginmanager):
+    """Unload pytest-qt when Qt cannot be imported (no libGL.so.1, say).
+
+    pytest-qt imports QtGui when pytest configures, which would stop the whole
+    run; this hook runs before that. tests/test_napari.py then skips its viewer
+    tests, saying why.
+    """
+    global QT_IMPORT_ERROR
+    if pluginmanager.has_plugin("pytest-qt"):
+        try:
+            import qtpy.QtWidgets  # noqa: F401
+        except ImportError as err:
+            pluginmanager.unregister(name="pytest-qt")
+            QT_IMPORT_ERROR = str(err)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,15 +1,22 @@
 """The napari plugin (defcon[napari]), headless: QT_QPA_PLATFORM=offscreen."""
 
+import functools
+import gc
+import importlib.util
 import os
+import subprocess
+import sys
+import weakref
 
+import conftest
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 napari = pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import tifffile  # noqa: E402
 
 from defcon.napari_plugin import (  # noqa: E402
     CountingWidget,
@@ -26,16 +33,53 @@ pytestmark = [
     # napari 0.6's shape triangulation calls np.divide(where=...) without out= (numpy >= 2.4).
     pytest.mark.filterwarnings("ignore:'where' used without 'out':UserWarning"),
 ]
+if importlib.util.find_spec("pytest_timeout"):
+    # A Qt test that hangs (a viewer that never closes) fails the run instead of blocking it.
+    pytestmark.append(pytest.mark.timeout(300, method="thread"))
 
 FRAMES, HEIGHT, WIDTH = 6, 40, 56
 
-# Tests that open a viewer are opt-in: with napari 0.6.6 / PyQt5 here, closing a viewer that
-# holds the counting widget's layers hung (offscreen and under Xvfb) in the vispy canvas's
-# _remove_layer; unresolved, so they must not block the suite.
-gui = pytest.mark.skipif(
-    not os.environ.get("DEFCON_NAPARI_GUI_TESTS"),
-    reason="set DEFCON_NAPARI_GUI_TESTS=1: viewer teardown hung headless here (napari 0.6.6)",
-)
+
+@functools.cache
+def _qt_failure():
+    """Why a Qt application cannot start here (a library of the platform plugin missing), or ''.
+
+    Tried in a child process: Qt aborts the process when its platform plugin
+    cannot load, which would end the test run instead of skipping.
+    """
+    probe = "from qtpy.QtWidgets import QApplication; QApplication([])"
+    env = {**os.environ, "QT_DEBUG_PLUGINS": "1"}  # names the library a plugin lacks
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        return "a Qt application did not start within 60 s"
+    if run.returncode == 0:
+        return ""
+    lines = run.stderr.splitlines()
+    missing = [line for line in lines if "cannot open shared object" in line]
+    return (missing or lines or [f"exit status {run.returncode}"])[-1].strip()[-160:]
+
+
+@pytest.fixture
+def viewer(request):
+    """A headless napari viewer (napari's make_napari_viewer), or a skip saying why not."""
+    plugins = request.config.pluginmanager
+    if conftest.QT_IMPORT_ERROR:
+        pytest.skip(f"Qt cannot be imported: {conftest.QT_IMPORT_ERROR}")
+    if not (plugins.has_plugin("pytest-qt") and plugins.has_plugin("napari")):
+        pytest.skip("pytest-qt or napari's pytest plugin is not installed or left out (-p no:)")
+    if failure := _qt_failure():
+        pytest.skip(f"Qt cannot start here: {failure}")
+    return request.getfixturevalue("make_napari_viewer")()
+
+
+@pytest.fixture
+def bot(viewer, request):
+    """pytest-qt's qtbot, set up after `viewer` (asked for directly, its session-wide
+    QApplication would come before the viewer's skip)."""
+    return request.getfixturevalue("qtbot")
 
 
 @pytest.fixture(scope="module")
@@ -54,21 +98,25 @@ def reference(stack, tmp_path_factory):
     )
 
 
-def _counted(viewer, qtbot, stack):
+def _dock(viewer, name):
+    """A defcon widget docked from the plugin's manifest, as Plugins > defcon does."""
+    _, widget = viewer.window.add_plugin_dock_widget("defcon", name)
+    return widget
+
+
+def _counted(viewer, bot, stack):
     viewer.open(str(stack), plugin="defcon")
-    widget = CountingWidget(viewer)
+    widget = _dock(viewer, "Count emitters")
     widget.model.value = "pretrained"
     widget.image.value = viewer.layers["stack"]
-    worker = widget.run()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
-    qtbot.waitUntil(lambda: widget.result is not None, timeout=10_000)
+    # Waits on the widget, not on worker signals: the worker starts in run(), so
+    # its signals may come before a waitSignal would connect.
+    assert widget.run() is not None and not widget.run_button.enabled
+    bot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
     return widget
 
 
 def test_reader_is_lazy_and_exact(stack):
-    import tifffile
-
     ((data, meta, kind),) = get_reader(str(stack))(str(stack))
     assert kind == "image" and data.shape == (FRAMES, HEIGHT, WIDTH)
     assert type(data).__module__.startswith("dask")
@@ -76,52 +124,56 @@ def test_reader_is_lazy_and_exact(stack):
     assert get_reader("counts.csv") is None
 
 
-@gui
-def test_counting_widget(make_napari_viewer, qtbot, stack, reference, tmp_path):
-    viewer = make_napari_viewer()
-    widget = _counted(viewer, qtbot, stack)
+def test_counting_widget(viewer, bot, stack, reference, tmp_path):
+    widget = _counted(viewer, bot, stack)
+    assert isinstance(widget, CountingWidget)
+    assert (widget.progress.value, widget.progress.max) == (FRAMES, FRAMES)
     density = widget.density_layer
     assert density.data.shape == (FRAMES, HEIGHT, WIDTH)
     assert density.blending == "additive"
-    np.testing.assert_allclose(widget.result.counts, reference.counts, atol=1e-6)
-    np.testing.assert_allclose(
-        widget.result.max_local_counts, reference.max_local_counts, atol=1e-6
-    )
+    np.testing.assert_array_equal(widget.result.counts, reference.counts)
+    np.testing.assert_array_equal(widget.result.max_local_counts, reference.max_local_counts)
     assert widget.result.flags == reference.flags
+    np.testing.assert_array_equal(np.asarray(density.data), tifffile.imread(reference.density_path))
 
     for frame in (0, FRAMES - 1, 2):
         viewer.dims.set_current_step(0, frame)
         boxes = local_count_map(np.asarray(density.data[frame]), 7)
         row, col = np.unravel_index(np.argmax(boxes), boxes.shape)
-        top_left = widget.box_layer.data[0].min(axis=0) + 0.5
-        np.testing.assert_array_equal(top_left[-2:], [row, col])
-        np.testing.assert_allclose(widget.box_layer.data[0].ptp(axis=0)[-2:], [7, 7])
+        (box,) = widget.box_layer.data
+        np.testing.assert_array_equal(box.min(axis=0)[-2:] + 0.5, [row, col])
+        np.testing.assert_array_equal(np.ptp(box, axis=0)[-2:], [7, 7])
+        assert [c.get_xdata()[0] for c in widget._cursors] == [frame + 1] * 2
 
-    worker = widget.save(tmp_path)
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
-    assert (tmp_path / "stack_counts.csv").read_bytes() == reference.counts_path.read_bytes()
+    widget.save(tmp_path)
+    bot.waitUntil(lambda: not widget.status.value.startswith("saving"), timeout=60_000)
+    for name in ("stack_counts.csv", "stack_density.tif"):
+        assert (tmp_path / name).read_bytes() == (reference.counts_path.parent / name).read_bytes()
     assert (tmp_path / "stack_counts.png").is_file()
-    saved = napari.utils.io.imread(str(tmp_path / "stack_density.tif"))
-    np.testing.assert_allclose(saved, np.asarray(density.data), atol=1e-6)
+    assert widget.status.value == f"saved {tmp_path / 'stack_counts.csv'}"
 
 
-@gui
-def test_counting_can_be_cancelled(make_napari_viewer, qtbot, stack):
-    viewer = make_napari_viewer()
+def test_counting_widget_lives_as_long_as_its_dock(viewer):
+    alive = weakref.ref(_dock(viewer, "Count emitters"))
+    gc.collect()
+    assert alive() is not None
+
+
+def test_counting_can_be_cancelled(viewer, bot, stack):
     viewer.open(str(stack), plugin="defcon")
-    widget = CountingWidget(viewer)
-    worker = widget.run()
+    widget = _dock(viewer, "Count emitters")
+    widget.run()
     widget.cancel()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
+    bot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    assert widget.status.value == "cancelled"
+    assert widget.result is None and widget.density_layer is None
     assert widget.run_button.enabled and not widget.cancel_button.enabled
+    assert [layer.name for layer in viewer.layers] == ["stack"]
 
 
-@gui
-def test_simulation_widget(make_napari_viewer, tmp_path):
-    viewer = make_napari_viewer()
-    widget = SimulationWidget(viewer)
+def test_simulation_widget(viewer, tmp_path):
+    widget = _dock(viewer, "Simulate a stack")
+    assert isinstance(widget, SimulationWidget)
     widget.frames.value, widget.height.value, widget.width.value = 5, HEIGHT, WIDTH
     widget.seed.value = 7
     widget.folder.value = tmp_path

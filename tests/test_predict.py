@@ -255,6 +255,33 @@ def test_failed_prediction_leaves_no_output(model, stack_file, tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_on_chunk_reports_progress_and_can_stop_the_count(model, stack_file, tmp_path):
+    calls = []
+    result = P.count_tiff(
+        model, stack_file, batch_size=4, on_chunk=lambda *done: calls.append(done)
+    )
+    assert calls == [(4, 6), (6, 6)]
+    np.testing.assert_array_equal(
+        result.counts, P.count_tiff(model, stack_file, batch_size=4).counts
+    )
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stop
+
+    with pytest.raises(Stop):
+        P.count_tiff(
+            model,
+            stack_file,
+            counts=tmp_path / "c.csv",
+            density_output=tmp_path / "d.tif",
+            on_chunk=stop,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_iter_predict_tiff_and_count_rows(model, stack_file, density):
     rows = []
     for frames, chunk in P.iter_predict_tiff(model, stack_file, batch_size=4):
