@@ -1,10 +1,19 @@
-"""Helpers shared by the benchmark scripts: machine facts and peak memory."""
+"""Helpers shared by the benchmark scripts: machine facts, peak memory, sgemm rates."""
 
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
+import time
+
+#: Cost of the DEFCoN network (segmentation + density stage) in float32 FLOPs per
+#: input pixel (83 MFLOP per 64 x 64 frame; docs/performance.md, "Inference").
+FLOP_PER_PIXEL = 20.3e3
+#: A training step costs about three forward passes (forward, then the gradients
+#: of the activations and of the weights).
+TRAIN_FLOP_FACTOR = 3
 
 
 def machine_facts():
@@ -22,6 +31,86 @@ def machine_facts():
         f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"numpy {numpy.__version__}, h5py {h5py.__version__}"
     )
+
+
+def backend_matmul(n=2048):
+    """One n x n float32 matmul on the active Keras backend, compiled as the backend does.
+
+    ``tf.function`` on TensorFlow, ``jax.jit`` on JAX, eager on PyTorch. The
+    product is summed inside the compiled function and read back as a float,
+    so the call waits for the device (a GPU too) without copying the matrix.
+
+    Parameters
+    ----------
+    n : int
+
+    Returns
+    -------
+    callable
+        Runs one product; no arguments.
+    float
+        Its FLOPs, ``2 n**3``.
+    """
+    import keras
+    import numpy
+    from keras import ops
+
+    rng = numpy.random.default_rng(0)
+    a, b = (ops.convert_to_tensor(rng.random((n, n), dtype=numpy.float32)) for _ in range(2))
+
+    def product(a, b):
+        return ops.sum(ops.matmul(a, b))
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        product = tf.function(product)
+    elif backend == "jax":
+        import jax
+
+        product = jax.jit(product)
+    return lambda: float(ops.convert_to_numpy(product(a, b))), 2.0 * n**3
+
+
+def numpy_matmul(n=2048):
+    """One n x n float32 matmul in NumPy (its BLAS) as a callable, and its FLOPs."""
+    import numpy
+
+    rng = numpy.random.default_rng(0)
+    a, b = (rng.random((n, n), dtype=numpy.float32) for _ in range(2))
+    return lambda: a @ b, 2.0 * n**3
+
+
+def sgemm_rates(n=2048, repeats=7):
+    """Float32 matmul GFLOP/s of NumPy and of the Keras backend, medians of ``repeats``.
+
+    Returns
+    -------
+    dict
+        ``{'numpy': GFLOP/s, <backend name>: GFLOP/s}``; the larger one is the
+        machine's measured sgemm rate.
+    """
+    import keras
+
+    rates = {}
+    for name, (call, flops) in (
+        ("numpy", numpy_matmul(n)),
+        (keras.backend.backend(), backend_matmul(n)),
+    ):
+        call()  # warm-up: compilation, thread pools
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        rates[name] = flops / statistics.median(times) / 1e9
+    return rates
+
+
+def fraction_of_sgemm(pixels_per_s, gflops, factor=1):
+    """``pixels_per_s`` x ``factor`` x :data:`FLOP_PER_PIXEL` as a fraction of ``gflops``."""
+    return pixels_per_s * factor * FLOP_PER_PIXEL / (gflops * 1e9)
 
 
 def peak_rss_mib():

@@ -1,6 +1,6 @@
-"""Prediction and training speed of defcon on the TensorFlow and JAX Keras backends.
+"""Prediction and training speed of defcon on the TensorFlow, JAX and PyTorch Keras backends.
 
-Usage: python benchmarks/backends.py [--backends tensorflow jax] [--repeats 3]
+Usage: python benchmarks/backends.py [--backends tensorflow jax torch] [--repeats 3]
 
 Each repeat runs one fresh process per backend (alternating, so load from
 other processes hits both alike; Keras fixes its backend at import) that
@@ -13,7 +13,10 @@ measures, for the shipped model (``FCN.pretrained()``):
   compact HDF5 set by ``CompactSetBatches.for_fit()`` (tf.data on TensorFlow,
   a keras.utils.PyDataset elsewhere), as training does.
 
-The table gives the median of the repeats and every run.
+The table gives the median of the repeats and every run. PyTorch is left out
+by default (``--backends ... torch`` adds it; ``pip install "defcon[torch]"``).
+For the fraction of the machine's sgemm rate, see predict.py and
+training_data.py, which run on any one backend.
 """
 
 import argparse

@@ -1,6 +1,7 @@
 """Counting on imaging conditions the models were not trained on.
 
-Usage: python benchmarks/generalisation.py [--model M.keras] [--frames 60] [--out DIR]
+Usage: python benchmarks/generalisation.py [--model M.keras] [--previous NAME] [--frames 60]
+                                          [--out DIR]
 
 A grid of imaging conditions x densities (emitters per 64 x 64 frame). Five
 conditions lie inside the shipped model's training ranges (new seeds and
@@ -10,8 +11,8 @@ own PSF, noise and photophysics code), a PSF of sigma 3 px (outside the
 envelope) and emitters of ~120 photons (below the photon range). Each cell is
 counted by (a) the shipped model (or --model), (b) the published DEFCoN model,
 (c) a classical spot counter (Gaussian filter + local maxima, tuned on stacks
-drawn from the training ranges) and (d) the previous shipped model
-(defcon-sim-2026a). Per cell: mean true count, MAE, bias and relative error
+drawn from the training ranges) and (d) a previous shipped model
+(--previous, default defcon-sim-2026a). Per cell: mean true count, MAE, bias and relative error
 (sum |error| / sum true count), and the fraction of 16-frame chunks the
 envelope check flags (PSF width, chunks of 128 frames). Writes
 DIR/generalisation.csv, DIR/generalisation.png and prints a markdown table.
@@ -401,6 +402,9 @@ def markdown(table, flag_rates):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model to test as 'shipped' (default FCN.pretrained())")
+    parser.add_argument(
+        "--previous", default="defcon-sim-2026a", help="shipped model to compare with"
+    )
     parser.add_argument("--frames", type=int, default=60, help="frames per cell (60)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/defcon-generalisation"))
     args = parser.parse_args()
@@ -410,7 +414,7 @@ def main():
     models = {"shipped": FCN.from_file(args.model) if args.model else FCN.pretrained()}
     if REFERENCE_MODEL.exists():
         models["DEFCoN"] = FCN.from_file(REFERENCE_MODEL)
-    models["previous"] = FCN.pretrained("defcon-sim-2026a")
+    models["previous"] = FCN.pretrained(args.previous)
     start = time.perf_counter()
     spot_params = tune_spot_counter()
     table = run(models, args.frames, spot_params)

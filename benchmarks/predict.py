@@ -1,9 +1,10 @@
-"""Inference speed, bfloat16 accuracy and peak memory of defcon.predict.
+"""Inference speed, bfloat16 accuracy and peak memory of defcon.predict, on any Keras backend.
 
 Speed: Mpx/s of ``predict_stack`` (float32 and bfloat16) against plain
-``keras.Model.predict`` and the model called in a ``tf.function``, on the same
-in-memory frames, and against the fp32 compute limit measured in the same loop
-(sgemm GFLOP/s of numpy and of tf.linalg.matmul, the faster one, divided by
+``keras.Model.predict`` (and on TensorFlow the model called in a
+``tf.function``), on the same in-memory frames, and against the fp32 compute
+limit measured in the same loop (sgemm GFLOP/s of numpy and of the backend's
+compiled ``keras.ops.matmul``, 2048 x 2048, the faster one, divided by
 20.3 kFLOP per pixel). Every variant runs once per repeat, interleaved, and the
 table gives medians, so load from other processes hits all of them alike; the
 ``cpu`` column is this process's CPU time / (wall time x cores): below 1 the
@@ -12,6 +13,7 @@ machine was shared and absolute figures are low, ratios still hold.
 Usage::
 
     python benchmarks/predict.py                      # speed table + bf16 accuracy
+    KERAS_BACKEND=torch python benchmarks/predict.py --sizes 64,256 --no-accuracy
     python benchmarks/predict.py --batch-sweep        # Mpx/s against batch pixels
     python benchmarks/predict.py --intra 2 --inter 1  # TensorFlow thread pools
     python benchmarks/predict.py --memory             # 20,000 x 256 x 256 uint16 stack
@@ -29,9 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-from _common import machine_facts, peak_rss_mib  # noqa: E402
+from _common import (  # noqa: E402
+    FLOP_PER_PIXEL,
+    backend_matmul,
+    machine_facts,
+    numpy_matmul,
+    peak_rss_mib,
+)
 
-FLOP_PER_PIXEL = 20.3e3
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 #: (frame side, frames): about 2-4 Mpx per call.
 SIZES = {64: 512, 256: 32, 1024: 2, 2048: 1}
@@ -47,15 +54,24 @@ def load_model():
     return FCN(output="density", seed=0)
 
 
-def sgemm(n=4096):
-    """Callables timing one n x n float32 matmul (numpy, tf), and its FLOPs."""
+def sgemm(n=2048):
+    """Callables timing one n x n float32 matmul (numpy, the Keras backend), and its FLOPs."""
+    import keras
+
+    (np_mm, flops), (backend_mm, _) = numpy_matmul(n), backend_matmul(n)
+    return {"sgemm np": np_mm, f"sgemm {keras.backend.backend()}": backend_mm}, flops
+
+
+def in_graph(model):
+    """The model called in a ``tf.function`` (TensorFlow), else None."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return None
     import tensorflow as tf
 
-    rng = np.random.default_rng(0)
-    a, b = (rng.random((n, n), dtype=np.float32) for _ in range(2))
-    ta, tb = tf.constant(a), tf.constant(b)
-    tf_mm = tf.function(lambda: tf.linalg.matmul(ta, tb))
-    return {"sgemm numpy": lambda: a @ b, "sgemm tf": lambda: tf_mm().numpy()}, 2.0 * n**3
+    graph = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return lambda x: graph(tf.constant(x)).numpy()
 
 
 def interleaved(calls, repeats):
@@ -74,21 +90,17 @@ def interleaved(calls, repeats):
 
 
 def speed_table(model, repeats, sizes):
-    import tensorflow as tf
-
     from defcon.predict import predict_stack
 
     matmuls, flops = sgemm()
-    in_graph = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    graph = in_graph(model)
+    variants = ("predict", "tf.func", "fp32", "bf16") if graph else ("predict", "fp32", "bf16")
     header = (
         "frame",
         "frames",
-        "predict",
-        "tf.func",
-        "fp32",
-        "bf16",
-        "sgemm np",
-        "sgemm tf",
+        *variants,
+        "fp32 frames/s",
+        *matmuls,
         "limit",
         "fp32 %",
         "bf16 %",
@@ -98,7 +110,7 @@ def speed_table(model, repeats, sizes):
     )
     print(
         f"Mpx/s (medians of {repeats} interleaved repeats); sgemm in GFLOP/s; limit = best "
-        "sgemm / 20.3 kFLOP/px, in Mpx/s"
+        f"sgemm / {FLOP_PER_PIXEL / 1e3:.1f} kFLOP/px, in Mpx/s"
     )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -109,19 +121,20 @@ def speed_table(model, repeats, sizes):
         x4 = frames[..., None]
         calls = {
             "predict": lambda: model.predict(x4, verbose=0),
-            "tf.func": lambda: in_graph(tf.constant(x4)).numpy(),
+            "tf.func": lambda: graph(x4),
             "fp32": lambda: predict_stack(model, frames, precision="float32"),
             "bf16": lambda: predict_stack(model, frames, precision="bfloat16"),
-            **matmuls,
         }
+        calls = {**{k: calls[k] for k in variants}, **matmuls}
         t, share = interleaved(calls, repeats)
-        mpx = {k: n * side * side / t[k] / 1e6 for k in ("predict", "tf.func", "fp32", "bf16")}
+        mpx = {k: n * side * side / t[k] / 1e6 for k in variants}
         gflops = {k: flops / t[k] / 1e9 for k in matmuls}
         limit = max(gflops.values()) * 1e9 / FLOP_PER_PIXEL / 1e6
         row = (
             f"{side}x{side}",
             n,
             *(f"{mpx[k]:.2f}" for k in mpx),
+            f"{n / t['fp32']:.0f}",
             *(f"{g:.0f}" for g in gflops.values()),
             f"{limit:.2f}",
             f"{100 * mpx['fp32'] / limit:.0f}",
@@ -218,7 +231,7 @@ def memory_run(model, n_frames, side, precision):
         f"mean count {counts.mean():.1f}"
     )
     print(
-        f"peak RSS {peak_rss_mib():.0f} MiB (after loading TensorFlow and the model: "
+        f"peak RSS {peak_rss_mib():.0f} MiB (after loading the backend and the model: "
         f"{before:.0f} MiB)"
     )
 
@@ -237,12 +250,25 @@ def main():
     parser.add_argument("--precision", default=None, help="precision of the memory run")
     args = parser.parse_args()
 
-    import tensorflow as tf
+    import keras
 
-    if args.intra:
-        tf.config.threading.set_intra_op_parallelism_threads(args.intra)
-    if args.inter:
-        tf.config.threading.set_inter_op_parallelism_threads(args.inter)
+    from defcon.backends import backend_version
+
+    backend = keras.backend.backend()
+    threads = ""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if args.intra:
+            tf.config.threading.set_intra_op_parallelism_threads(args.intra)
+        if args.inter:
+            tf.config.threading.set_inter_op_parallelism_threads(args.inter)
+        threads = (
+            f"; TF threads intra={tf.config.threading.get_intra_op_parallelism_threads()} "
+            f"inter={tf.config.threading.get_inter_op_parallelism_threads()} (0 = default)"
+        )
+    elif args.intra or args.inter:
+        parser.error(f"--intra and --inter set TensorFlow's thread pools; Keras runs on {backend}")
     try:
         from threadpoolctl import threadpool_info
 
@@ -251,12 +277,11 @@ def main():
         )
     except ImportError:
         blas = "unknown (pip install threadpoolctl to show it)"
-    print(machine_facts() + f", TensorFlow {tf.__version__}")
     print(
-        f"numpy BLAS: {blas}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}; "
-        f"TF threads intra={tf.config.threading.get_intra_op_parallelism_threads()} "
-        f"inter={tf.config.threading.get_inter_op_parallelism_threads()} (0 = default)"
+        machine_facts() + f", Keras {keras.__version__} on {backend} {backend_version(backend)}, "
+        f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
     )
+    print(f"numpy BLAS: {blas}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}" + threads)
     model = load_model()
     if args.memory:
         memory_run(model, args.frames, args.side, args.precision)

@@ -82,7 +82,7 @@ def require_tensorflow(what):
     except ImportError as err:
         raise BackendError(
             f"{what} needs TensorFlow, which is not installed: {INSTALL['tensorflow']}, "
-            "or train and predict with KERAS_BACKEND=jax"
+            "or train and predict with KERAS_BACKEND=jax or torch"
         ) from err
     return tensorflow
 
@@ -124,6 +124,8 @@ def list_devices(kind=None):
         found.append(("cpu", "cpu"))
         for i in range(torch.cuda.device_count()):
             found.append(("gpu", f"cuda:{i} {torch.cuda.get_device_name(i)}"))
+        if not torch.cuda.is_available() and torch.backends.mps.is_available():
+            found.append(("gpu", "mps"))  # Apple silicon
     return [d for d in found if kind is None or d[0] == kind]
 
 
@@ -144,7 +146,8 @@ def device_scope(device):
     device : {'cpu', 'gpu'} or None
         None keeps the backend's default (the first GPU when there is one).
         TensorFlow: ``tf.device('/CPU:0')`` or ``'/GPU:0'``; JAX:
-        ``jax.default_device``; PyTorch: ``keras.device('cpu')`` or ``'cuda'``.
+        ``jax.default_device``; PyTorch: ``keras.device('cpu')``, ``'cuda'`` or
+        (Apple silicon) ``'mps'``.
 
     Returns
     -------
@@ -178,14 +181,20 @@ def device_scope(device):
         return jax.default_device(jax.devices("cpu" if device == "cpu" else None)[0])
     import keras
 
-    return keras.device("cpu" if device == "cpu" else "cuda")
+    if device == "cpu":
+        return keras.device("cpu")
+    return keras.device("mps" if list_devices("gpu")[0][1] == "mps" else "cuda")
 
 
 def _gpu_install(backend):
+    if backend == "torch" and "torch" in sys.modules and sys.modules["torch"].version.cuda:
+        cuda = sys.modules["torch"].version.cuda
+        return f"this torch has CUDA {cuda}; check the NVIDIA driver with nvidia-smi"
     return {
         "tensorflow": 'pip install "tensorflow[and-cuda]"',
         "jax": 'pip install -U "jax[cuda12]"',
-        "torch": "pip install torch --index-url https://download.pytorch.org/whl/cu124",
+        # PyPI's Linux wheel bundles CUDA; the CPU-only one comes from download.pytorch.org.
+        "torch": 'pip install "torch>=2.2", the Linux wheel from PyPI, not the CPU-only one',
     }.get(backend, "see the backend's documentation")
 
 
@@ -232,8 +241,8 @@ def _gpu_capability():
             import torch
 
             return tuple(torch.cuda.get_device_capability(0))
-    except (AttributeError, IndexError, KeyError, RuntimeError, ValueError):
-        return None
+    except (AssertionError, AttributeError, IndexError, KeyError, RuntimeError, ValueError):
+        return None  # torch raises AssertionError when built without CUDA
     return None
 
 
@@ -291,7 +300,11 @@ def system_summary():
     if not list_devices("gpu"):
         lines.append(f"device: no GPU found (GPU build of {backend}: {_gpu_install(backend)})")
     lines.append(f"bfloat16: {bfloat16_support()}")
-    engine = "TensorFlow engine (defcon.engine)" if backend == "tensorflow" else "Keras ops, jitted"
+    engine = {
+        "tensorflow": "TensorFlow engine (defcon.engine)",
+        "jax": "Keras ops under jax.jit",
+        "torch": "Keras ops, eager, no autograd",
+    }.get(backend, "Keras ops")
     lines.append(f"prediction: {engine}; TensorFlow exports: " + _exports_status(backend))
     return "\n".join(lines)
 

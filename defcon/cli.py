@@ -625,7 +625,6 @@ def _run_predict(args):
         density_output=density,
         progress=not args.quiet,
         overwrite=args.overwrite,
-        device=args.device,
         plot=not args.no_plot,
         **_count_options(args),
     )

@@ -271,20 +271,28 @@ def _fit_stage(model, stage, settings, config, h5file, best_file, history, verbo
         ),
         history.callback(stage),
     ]
-    fit = model.fit(
-        train_batches.for_fit(),
-        validation_data=val_batches.for_fit(),
-        epochs=settings.numepochs,
-        callbacks=callbacks,
-        verbose=keras_verbosity(verbose),
-        shuffle=False,
-    )  # the batches shuffle themselves, in bounded blocks
+    diverged = f"{config.config_file}: stage {stage} diverged ({{}}); lower AdamLR. Nothing was "
+    diverged += "saved as the model"
+    try:
+        fit = model.fit(
+            train_batches.for_fit(),
+            validation_data=val_batches.for_fit(),
+            epochs=settings.numepochs,
+            callbacks=callbacks,
+            verbose=keras_verbosity(verbose),
+            shuffle=False,
+        )  # the batches shuffle themselves, in bounded blocks
+    except RuntimeError as err:
+        # PyTorch's binary cross-entropy rejects NaN outputs where the other
+        # backends return a NaN loss (stopped by TerminateOnNaN, checked below).
+        if "between 0 and 1" not in str(err):
+            raise
+        raise TrainingError(diverged.format("the network's outputs became NaN")) from err
     losses = fit.history.get("loss", []) + fit.history.get("val_loss", [])
     if not losses or not np.all(np.isfinite(losses)):
+        epochs = len(fit.history.get("loss", []))
         raise TrainingError(
-            f"{config.config_file}: stage {stage} diverged (loss {losses[-1] if losses else None}"
-            f" after {len(fit.history.get('loss', []))} epochs); lower AdamLR. Nothing was "
-            "saved as the model"
+            diverged.format(f"loss {losses[-1] if losses else None} after {epochs} epochs")
         )
     return val_batches
 

@@ -184,3 +184,12 @@ def test_devices_default_to_one_and_read_all(compact_file, write_config):
     assert read_config(write_config(compact_file)).devices == 1
     assert read_config(write_config(compact_file, extra="Devices = ALL")).devices == "all"
     assert read_config(write_config(compact_file, extra="Devices = 4")).devices == 4
+
+
+def test_several_devices_on_pytorch_is_a_clear_error(compact_file, write_config, monkeypatch):
+    from defcon import devices
+
+    monkeypatch.setattr(devices, "configured_backend", lambda: "torch")
+    config = read_config(write_config(compact_file, extra="Devices = 2"))
+    with pytest.raises(ConfigError, match="Devices = 2: .* needs KERAS_BACKEND=tensorflow or jax"):
+        devices.training_devices(config)
