@@ -146,6 +146,70 @@ def fill_synthetic(datasets, n_frames, rng, block=4096):
         datasets["seg_map"][start:stop] = frames > 0.5
 
 
+def write_synthetic_compact(path, n_frames, seed=0):
+    """A compact set of ``n_frames`` synthetic 64 x 64 frames (:func:`fill_synthetic`)."""
+    import h5py
+    import numpy
+
+    with h5py.File(path, "w") as f:
+        data = {
+            g: f.create_group(g).create_dataset(
+                g,
+                shape=(n_frames, 64, 64, 1),
+                chunks=(1, 64, 64, 1),
+                dtype=numpy.uint8 if g == "seg_map" else numpy.float32,
+            )
+            for g in ("input", "target", "seg_map")
+        }
+        fill_synthetic(data, n_frames, numpy.random.default_rng(seed))
+
+
+def fit_rate(path, source, frames, steps=0):
+    """Samples/s of the density network's second epoch (batch 32, 64 x 64, DensityLoss).
+
+    Parameters
+    ----------
+    path : str
+        A compact set (:func:`write_synthetic_compact`).
+    source : {'memory', 'hdf5'}
+        Fit on its first ``frames`` frames as numpy arrays in memory, or streamed
+        by ``CompactSetBatches.for_fit()`` as training does.
+    frames : int
+    steps : int
+        With 'hdf5': epochs of ``steps`` batches drawn from all of the first
+        ``frames`` frames instead of one pass (a large set's memory).
+    """
+    import h5py
+    import keras
+
+    from defcon.backends import is_tensorflow
+    from defcon.models import DensityLoss
+    from defcon.networks import FCN
+    from defcon.streaming import CompactSetBatches
+
+    keras.utils.set_random_seed(0)
+    model = FCN(output="density", seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=DensityLoss(0.01))
+    times = []
+    timer = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda e, logs: times.append(time.perf_counter()),
+        on_epoch_end=lambda e, logs: times.append(time.perf_counter()),
+    )
+    fit = {"epochs": 2, "verbose": 0, "callbacks": [timer]}
+    with h5py.File(path, "r") as f:
+        if source == "memory":
+            x, y = f["input/input"][:frames], f["target/target"][:frames]
+            model.fit(x, y, batch_size=32, shuffle=True, **fit)
+            return frames / (times[3] - times[2])
+        data = CompactSetBatches(f, "density", (0, frames), 32, shuffle=True, seed=0)
+        if steps:
+            feed = data.dataset().repeat() if is_tensorflow() else data.keras_dataset()
+            model.fit(feed, steps_per_epoch=steps, shuffle=False, **fit)
+        else:
+            model.fit(data.for_fit(), shuffle=False, **fit)
+    return frames / (times[3] - times[2])
+
+
 def spot_counts(stack, sigma, threshold):
     """Count spots the classical way, per frame, shape (n,).
 

@@ -29,16 +29,14 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import h5py
-import numpy as np
-from _common import fill_synthetic, machine_facts
+from _common import machine_facts, write_synthetic_compact
 
 CHILD = """
-import json, time, h5py, keras, numpy as np
+import json, sys, time, keras, numpy as np
+sys.path.insert(0, HERE)
+from _common import fit_rate
 from defcon.networks import FCN
-from defcon.models import DensityLoss
 from defcon.predict import predict_stack
-from defcon.streaming import CompactSetBatches
 from defcon.backends import backend_version
 
 def rate(fn, n, seconds=4.0):
@@ -55,25 +53,8 @@ for side, n in ((64, 1024), (512, 8)):
     frames = rng.normal(100, 10, (n, side, side)).astype(np.float32)
     out[f"predict_{side}"] = rate(lambda: predict_stack(model, frames), n)
 
-def fit_rate(source):
-    keras.utils.set_random_seed(0)
-    net = FCN(output="density", seed=0)
-    net.compile(optimizer=keras.optimizers.Adam(1e-3), loss=DensityLoss(0.01))
-    times = []
-    timer = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda e, l: times.append(time.perf_counter()),
-        on_epoch_end=lambda e, l: times.append(time.perf_counter()))
-    with h5py.File(PATH, "r") as f:
-        if source == "memory":
-            x, y = f["input/input"][:FRAMES], f["target/target"][:FRAMES]
-            net.fit(x, y, batch_size=32, epochs=2, shuffle=True, verbose=0, callbacks=[timer])
-        else:
-            data = CompactSetBatches(f, "density", (0, FRAMES), 32, shuffle=True, seed=0)
-            net.fit(data.for_fit(), epochs=2, verbose=0, callbacks=[timer], shuffle=False)
-    return FRAMES / (times[3] - times[2])
-
-out["train_memory"] = fit_rate("memory")
-out["train_hdf5"] = fit_rate("hdf5")
+out["train_memory"] = fit_rate(PATH, "memory", FRAMES)
+out["train_hdf5"] = fit_rate(PATH, "hdf5", FRAMES)
 print(json.dumps(out))
 """
 
@@ -105,18 +86,9 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "compact.h5"
-        with h5py.File(path, "w") as f:
-            data = {
-                g: f.create_group(g).create_dataset(
-                    g,
-                    (args.frames, 64, 64, 1),
-                    chunks=(1, 64, 64, 1),
-                    dtype=np.uint8 if g == "seg_map" else np.float32,
-                )
-                for g in ("input", "target", "seg_map")
-            }
-            fill_synthetic(data, args.frames, np.random.default_rng(0))
+        write_synthetic_compact(path, args.frames)
         code = CHILD.replace("PATH", repr(str(path))).replace("FRAMES", str(args.frames))
+        code = code.replace("HERE", repr(str(Path(__file__).resolve().parent)))
         runs = {b: [] for b in args.backends}
         for _ in range(args.repeats):
             for backend in args.backends:

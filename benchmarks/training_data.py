@@ -26,67 +26,29 @@ import shutil
 import statistics
 from pathlib import Path
 
-import h5py
-import numpy as np
 from _common import (
     FLOP_PER_PIXEL,
     TRAIN_FLOP_FACTOR,
-    fill_synthetic,
     fraction_of_sgemm,
     machine_facts,
     run_child,
+    write_synthetic_compact,
 )
 
 BYTES_PER_FRAME = 64 * 64 * (4 + 4 + 1)
 
 FIT = """
-import json, sys, time, resource, h5py, keras, numpy as np
+import json, sys, resource, keras
 sys.path.insert(0, {here!r})
-from _common import sgemm_rates
-from defcon.backends import backend_version, is_tensorflow
-from defcon.networks import FCN
-from defcon.models import DensityLoss
-from defcon.streaming import CompactSetBatches
-keras.utils.set_random_seed(0)
+from _common import fit_rate, sgemm_rates
+from defcon.backends import backend_version
 sgemm = [] if {steps} else list(sgemm_rates().values())
-model = FCN(output="density", seed=0)
-model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=DensityLoss(0.01))
-times = []
-timer = keras.callbacks.LambdaCallback(
-    on_epoch_begin=lambda e, l: times.append(time.perf_counter()),
-    on_epoch_end=lambda e, l: times.append(time.perf_counter()))
-f = h5py.File({path!r}, "r")
-if {source!r} == "memory":
-    x, y = f["input/input"][:{frames}], f["target/target"][:{frames}]
-    model.fit(x, y, batch_size=32, epochs=2, shuffle=True, verbose=0, callbacks=[timer])
-elif {steps}:  # a few batches from all over a large set
-    data = CompactSetBatches(f, "density", (0, {frames}), 32, shuffle=True, seed=0)
-    feed = data.dataset().repeat() if is_tensorflow() else data.keras_dataset()
-    model.fit(feed, epochs=2, verbose=0, callbacks=[timer], steps_per_epoch={steps},
-              shuffle=False)
-else:  # one pass per epoch, as training does
-    data = CompactSetBatches(f, "density", (0, {frames}), 32, shuffle=True, seed=0)
-    model.fit(data.for_fit(), epochs=2, verbose=0, callbacks=[timer], shuffle=False)
+rate = fit_rate({path!r}, {source!r}, {frames}, {steps})
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({{"samples_per_s": {frames} / (times[3] - times[2]), "peak_rss_mib": peak,
+print(json.dumps({{"samples_per_s": rate, "peak_rss_mib": peak,
                    "sgemm": max(sgemm + list(sgemm_rates().values())) if sgemm else None,
                    "backend": keras.backend.backend(), "version": backend_version()}}))
 """
-
-
-def build_compact(path, n_frames):
-    rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        data = {
-            g: f.create_group(g).create_dataset(
-                g,
-                shape=(n_frames, 64, 64, 1),
-                chunks=(1, 64, 64, 1),
-                dtype=np.uint8 if g == "seg_map" else np.float32,
-            )
-            for g in ("input", "target", "seg_map")
-        }
-        fill_synthetic(data, n_frames, rng)
 
 
 def main():
@@ -104,7 +66,7 @@ def main():
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "compact.h5"
     n_frames = int(args.gib * 2**30 / BYTES_PER_FRAME)
-    build_compact(path, n_frames)
+    write_synthetic_compact(path, n_frames)
     here = str(Path(__file__).resolve().parent)
     runs = {"memory": [], "hdf5": []}
     for _ in range(args.repeats):

@@ -138,6 +138,19 @@ def _jax_cpus():
         return []
 
 
+def check_device(device):
+    """``device`` if it is 'cpu', 'gpu' or None.
+
+    Raises
+    ------
+    ParameterError
+        Any other value.
+    """
+    if device not in (None, *DEVICES):
+        raise ParameterError(f"device must be one of {DEVICES} or None, got {device!r}")
+    return device
+
+
 def device_scope(device):
     """A context in which Keras (and defcon's engines) run on ``device``.
 
@@ -160,10 +173,8 @@ def device_scope(device):
     BackendError
         'gpu' asked for and the backend sees none.
     """
-    if device is None:
+    if check_device(device) is None:
         return contextlib.nullcontext()
-    if device not in DEVICES:
-        raise ParameterError(f"device must be one of {DEVICES} or None, got {device!r}")
     backend = configured_backend()
     if device == "gpu" and not list_devices("gpu"):
         raise BackendError(

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from .backends import DEVICES
+from .backends import check_device
 from .errors import (
     DefconError,
     MissingFileError,
@@ -209,8 +209,7 @@ def count_stacks(
         raise ParameterError("n_workers sizes a local cluster: not with a scheduler address")
     if n_workers is not None and int(n_workers) < 1:
         raise ParameterError(f"n_workers must be at least 1, got {n_workers}")
-    if device not in (None, *DEVICES):
-        raise ParameterError(f"device must be one of {DEVICES} or None, got {device!r}")
+    check_device(device)
     model = _model_reference(model)
     paths = stack_paths(stacks, recursive=recursive)
     jobs = _plan(model, paths, out_dir, summary, overwrite)
