@@ -61,6 +61,11 @@ MIN_SPOTS = 20
 TRUSTED_SPOTS, TRUSTED_SNR = 100, 5.0
 #: Above this relative standard error of the gain, the result carries a warning.
 TRUSTED_GAIN_ERROR = 0.1
+#: Photons per emitter come from the frames with at most these percentiles of
+#: spots per frame, the first that hold :data:`MIN_SPOTS` sustained spots
+#: (the sparsest quarter, against the sparser half, took the photons of two
+#: simulated clustered stacks from +306 % to +9 % and +19 % to +9 %).
+SPARSE_PERCENTILES = (25, 50)
 #: Photons per spot less than this many times the detection limit carry a
 #: warning: only the brightest emitters were detected, the estimate runs high.
 TRUSTED_LIMIT_RATIO = 2.0
@@ -195,11 +200,12 @@ def calibrate(stack, pixel_size_nm=None, dark=None, camera="ccd", seed=0):
     params, sustained = params[good], sustained[good]
     gain = slope / EXCESS_NOISE[camera]  # ADU per photoelectron
     sigmas, photons = params[:, 2], params[:, 3] / gain
-    # Emitters on for a whole frame, in the sparser half of the frames (fewer merged spots).
-    sparse = counts[spots[ok][good][:, 0]] <= np.median(counts)
+    # Emitters on for a whole frame, in the sparsest frames that hold enough of
+    # them: fewer spots there hold several emitters.
+    per_spot = counts[spots[ok][good][:, 0]]
+    masks = [sustained & (per_spot <= np.percentile(counts, q)) for q in SPARSE_PERCENTILES]
     full_frame = next(
-        (photons[m] for m in (sustained & sparse, sustained) if np.count_nonzero(m) >= MIN_SPOTS),
-        photons,
+        (photons[m] for m in [*masks, sustained] if np.count_nonzero(m) >= MIN_SPOTS), photons
     )
     background_adu = _mean_background(background, stats)
     bg_electrons = max((background_adu - offset) / gain, 0.0)
