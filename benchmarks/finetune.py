@@ -182,7 +182,7 @@ def main():
     from defcon.networks import FCN
 
     models = {
-        "shipped (defcon-broad-2026b)": FCN.pretrained(),
+        "shipped (defcon-broad-2026c)": FCN.pretrained(),
         "fine-tuned": FCN.from_file(folder / "finetune" / "model" / "finetuned.keras"),
     }
     tests = []

@@ -12,7 +12,7 @@ envelope) and emitters of ~120 photons (below the photon range). Each cell is
 counted by (a) the shipped model (or --model), (b) the published DEFCoN model,
 (c) a classical spot counter (Gaussian filter + local maxima, tuned on stacks
 drawn from the training ranges) and (d) a previous shipped model
-(--previous, default defcon-sim-2026a). Per cell: mean true count, MAE, bias and relative error
+(--previous, default defcon-broad-2026b). Per cell: mean true count, MAE, bias and relative error
 (sum |error| / sum true count), and the fraction of 16-frame chunks the
 envelope check flags (PSF width, chunks of 128 frames). Writes
 DIR/generalisation.csv, DIR/generalisation.png and prints a markdown table.
@@ -403,7 +403,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model to test as 'shipped' (default FCN.pretrained())")
     parser.add_argument(
-        "--previous", default="defcon-sim-2026a", help="shipped model to compare with"
+        "--previous", default="defcon-broad-2026b", help="shipped model to compare with"
     )
     parser.add_argument("--frames", type=int, default=60, help="frames per cell (60)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/defcon-generalisation"))

@@ -389,14 +389,17 @@ class FCN(keras.Model):
     def pretrained(cls, name=None):
         """A model trained by defcon and shipped with it.
 
-        ``defcon-broad-2026b`` (the default) was trained on simulated stacks
+        ``defcon-broad-2026c`` (the default) was trained on simulated stacks
         drawn from :data:`defcon.conditions.TRAINING_RANGES`: in-focus PSF sigma
-        0.7-2.5 px, 200-20,000 photons per frame, background up to 300 photons
-        per pixel, EMCCD, sCMOS and CCD cameras, uniform, clustered and filament
-        layouts, 0-360 emitters per 64 x 64 frame. Its training envelope is in
-        its metadata (:attr:`envelope`) and prediction warns outside it.
-        ``defcon-sim-2026a``, the previous model, was fine-tuned from the
-        published DEFCoN model on one simulated microscope (PSF sigma 1.0 px).
+        0.7-2.5 px (and more stacks at 2.5-4 px), 200-20,000 photons per frame,
+        background up to 300 photons per pixel, EMCCD, sCMOS and CCD cameras,
+        uniform, clustered and filament layouts, 0-360 emitters per 64 x 64
+        frame. Its envelope is in its metadata (:attr:`envelope`: PSF sigma
+        0.7-2.5 px, where its counts were measured to hold) and prediction
+        warns outside it. ``defcon-broad-2026b``, the previous model, was
+        trained on PSF sigma up to 2.5 px only; ``defcon-sim-2026a``, the one
+        before, was fine-tuned from the published DEFCoN model on one simulated
+        microscope (PSF sigma 1.0 px).
         Each model's card (training data, envelope, benchmark) is
         ``defcon/resources/<name>.md``.
 

@@ -119,7 +119,7 @@ def test_both_pretrained_models_load_with_envelopes():
         assert model.output_kind == "density" and model.envelope is not None
         assert name in model.envelope.description
     assert FCN.pretrained().envelope == FCN.pretrained(DEFAULT_PRETRAINED).envelope
-    with pytest.raises(ConfigError, match="defcon-broad-2026b"):
+    with pytest.raises(ConfigError, match="defcon-broad-2026c"):
         FCN.pretrained("defcon-2019")
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent
 #: Models shipped with defcon, by name; each has a model card ``<name>.md`` beside it.
-PRETRAINED_MODELS = ("defcon-broad-2026b", "defcon-sim-2026a")
+PRETRAINED_MODELS = ("defcon-broad-2026c", "defcon-broad-2026b", "defcon-sim-2026a")
 #: The model ``pretrained`` stands for.
-DEFAULT_PRETRAINED = "defcon-broad-2026b"
+DEFAULT_PRETRAINED = "defcon-broad-2026c"
 
 
 def shipped_model_file(name):
@@ -35,7 +35,7 @@ def shipped_model_file(name):
     Examples
     --------
     >>> shipped_model_file("pretrained").name
-    'defcon-broad-2026b.keras'
+    'defcon-broad-2026c.keras'
     >>> shipped_model_file("model/defcon_model.keras") is None
     True
     """
