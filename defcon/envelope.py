@@ -25,7 +25,11 @@ SIGMA_TOLERANCE = 0.1
 
 @dataclasses.dataclass(frozen=True)
 class Envelope:
-    """Imaging conditions a model was trained on.
+    """Imaging conditions where a model's counts hold: within its training ranges.
+
+    Usually the training ranges themselves; a model trained on wider ones
+    may keep a narrower envelope where its counts were not good enough
+    (``defcon-broad-2026c``: trained on PSF sigma up to 4 px, envelope 0.7-2.5 px).
 
     Parameters
     ----------
