@@ -167,10 +167,13 @@ def main():
         ),
         ("simulate-wide", lambda: simulate_all(args.folder, wide, args.frames, WIDE_PSF_RANGE)),
         ("build-wide", lambda: build_compact(args.folder, wide[-1], "compact-wide.h5")),
-        ("wide", lambda: train_phase(args.folder, "pretrained-wide.ini", None, "compact-wide.h5")),
+        (
+            "wide",
+            lambda: train_phase(args.folder, "pretrained-wide.ini", compact="compact-wide.h5"),
+        ),
         (
             "wide-more",
-            lambda: train_phase(args.folder, "pretrained-wide-more.ini", None, "compact-wide.h5"),
+            lambda: train_phase(args.folder, "pretrained-wide-more.ini", compact="compact-wide.h5"),
         ),
         (
             "envelope-wide",

@@ -581,12 +581,12 @@ def _clips_tails(camera, dark_maps):
     5-18 % low on dim backgrounds. With dark frames the EMCCD noise is therefore
     not clipped (12 of 12 simulated EMCCD stacks then within 5 %, 10 of 12
     clipped); without them the line through background and spots needs the
-    clip more (3 of 12 worse unclipped) and keeps it.
+    clip more (unclipped, 2 of 12 left the 5 %: +10 and +15 %) and keeps it.
     """
     return camera != "emccd" or dark_maps is None
 
 
-def _temporal(frames, pairs, quiet, clip=True):
+def _temporal(frames, pairs, quiet, clip):
     """Per-pixel temporal statistics of the background, where it is far from spots.
 
     Parameters
@@ -661,7 +661,7 @@ def _four_sigma_squared(median_square):
     return 16 * median_square / 0.4549
 
 
-def _noise_model(mu, resid2, stats, dark_maps, camera, clip=True):
+def _noise_model(mu, resid2, stats, dark_maps, camera, clip):
     """Photon transfer: ``var = slope (mu - offset) + read_var`` (ADU) from background and spots.
 
     Parameters
@@ -684,7 +684,7 @@ def _noise_model(mu, resid2, stats, dark_maps, camera, clip=True):
     """
     excess = EXCESS_NOISE[camera]
     quiet = stats["pairs"] >= max(4.0, 0.1 * stats["pairs"].max())
-    x, v, v_var = _spot_points(mu, resid2, clip=clip)
+    x, v, v_var = _spot_points(mu, resid2, clip)
     v_var = _checked_against_background(x, v, v_var, stats, quiet)
     if dark_maps is not None and dark_maps["read_var"] is not None:
         offset = float(dark_maps["offset"].mean())
@@ -721,12 +721,12 @@ def _combine(estimates):
     return float((weights * values).sum() / weights.sum()), float(weights.sum() ** -0.5)
 
 
-def _spot_points(mu, resid2, n_bins=24, clip=True):
+def _spot_points(mu, resid2, clip, n_bins=24):
     """Photon-transfer points of spot-fit residuals binned by model value (quantiles).
 
     Returns the bins' mean model value (b,) and mean squared residual (b,)
-    (4-sigma clipped unless ``clip`` is false: misfits out), ADU and ADU², and the variance of each
-    mean (b,): its statistical variance plus :data:`SPOT_SYSTEMATIC`.
+    (4-sigma clipped when ``clip``: misfits out), ADU and ADU², and the
+    variance of each mean (b,): its statistical variance plus :data:`SPOT_SYSTEMATIC`.
     """
     mu, resid2 = mu.ravel(), resid2.ravel()
     edges = np.unique(np.quantile(mu, np.linspace(0, 1, n_bins + 1)))
@@ -1019,7 +1019,7 @@ def _empirical_psf(data, params, sigma):
 
 def _transfer_points(mu, resid2, stats, clip):
     """Photon-transfer points for the report: ``{'spots': (x, v), 'background': (x, v)}``."""
-    x, v, _ = _spot_points(mu, resid2, clip=clip)
+    x, v, _ = _spot_points(mu, resid2, clip)
     quiet = stats["pairs"] >= 4
     return {"spots": (x, v), "background": (stats["mean"][quiet], stats["var"][quiet])}
 
